@@ -1,0 +1,40 @@
+# `make demo` and `make test` create the virtual environment when it is missing, then run.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARCH := $(shell uname -m)
+# torch + torchvision pairs that install and import together on the CPU (x86_64: from local wheels here)
+ifeq ($(ARCH),aarch64)
+TORCH_PINS ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+endif
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export PYTHONUNBUFFERED ?= 1
+
+.PHONY: demo test test-fast env clean-lake bench sql
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+env: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) pipelines/full.py --config configs/demo.yaml $(ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow and not ray" $(ARGS)
+
+sql: $(VENV)/.installed
+	$(PY) -m catalog.sql $(ARGS)
+
+clean-lake:
+	rm -rf lake

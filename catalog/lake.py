@@ -1,0 +1,258 @@
+"""The lake: one root (a local folder or any pyarrow filesystem URI), one folder of Parquet per table.
+
+Writes are atomic per part (written under a temporary name, then renamed), so a reader never
+sees half a file and a killed writer leaves nothing to clean up but ``.tmp`` files. Each table
+also carries two small JSON files that make stages cacheable and resumable:
+
+- ``_started.json``: the stage's *spec* (input digests, config digest, code digest), written when
+  the stage starts. A rerun with the same spec resumes: finished parts are kept and only input
+  rows whose key is missing from the output are processed.
+- ``_manifest.json``: the spec plus row counts per status, written when the stage completes.
+  A rerun whose spec matches a manifest is skipped (cache hit).
+
+A rerun with a different spec clears the table and starts fresh. Nothing here imports Ray.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from catalog.schemas import EXTRA_PREFIXES, TABLES
+
+
+class SchemaError(ValueError):
+    """Rows handed to the lake do not fit the table's schema."""
+
+
+def conform(table_name: str, data: pa.Table) -> pa.Table:
+    """Validate ``data`` against the table's schema and return it with the schema's column order.
+
+    Missing nullable columns are filled with nulls; a missing non-nullable column, a null in a
+    non-nullable column, a column that cannot be cast, or an unknown column is a SchemaError.
+    """
+    schema = TABLES[table_name]
+    extras = EXTRA_PREFIXES.get(table_name, {})
+    unknown = [
+        c for c in data.column_names if schema.get_field_index(c) < 0 and not any(c.startswith(p) for p in extras)
+    ]
+    if unknown:
+        raise SchemaError(f"table {table_name!r}: unknown columns {unknown}; allowed: {schema.names}")
+    arrays, fields = [], []
+    for f in schema:
+        if f.name in data.column_names:
+            col = data.column(f.name)
+            try:
+                col = col.cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise SchemaError(f"table {table_name!r}: column {f.name!r} of type {col.type} is not {f.type}: {e}")
+            if not f.nullable and col.null_count:
+                raise SchemaError(f"table {table_name!r}: column {f.name!r} has {col.null_count} nulls")
+        elif f.nullable:
+            col = pa.nulls(len(data), f.type)
+        else:
+            raise SchemaError(f"table {table_name!r}: missing required column {f.name!r}")
+        arrays.append(col)
+        fields.append(f)
+    for c in data.column_names:
+        if schema.get_field_index(c) < 0:
+            prefix = next(p for p in extras if c.startswith(p))
+            arrays.append(data.column(c).cast(extras[prefix]))
+            fields.append(pa.field(c, extras[prefix]))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def code_digest(*modules: Any) -> str:
+    """sha256 over the source files of the given modules: editing a stage invalidates its cache."""
+    h = hashlib.sha256()
+    for m in modules:
+        path = Path(m.__file__)
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class StageSpec:
+    """What a stage's output depends on; equal specs mean equal outputs."""
+
+    stage: str
+    table: str
+    inputs: dict[str, str] = field(default_factory=dict)  # input table -> its digest
+    config: str = ""  # digest of the stage's config section
+    code: str = ""  # digest of the stage's code
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stage": self.stage, "table": self.table, "inputs": self.inputs, "config": self.config, "code": self.code}
+
+
+class Lake:
+    """Tables as folders of Parquet under one root, on any pyarrow filesystem."""
+
+    def __init__(self, root: str | os.PathLike):
+        root = str(root)
+        if "://" in root and not root.startswith("file://"):
+            self.fs, self.base = pafs.FileSystem.from_uri(root)
+            self.local = False
+        else:
+            self.fs = pafs.LocalFileSystem()
+            self.base = os.path.abspath(root.removeprefix("file://"))
+            self.local = True
+        self.root = root
+        self.fs.create_dir(self.base, recursive=True)
+
+    # -- paths ---------------------------------------------------------------------------
+    def path(self, table: str) -> str:
+        return f"{self.base.rstrip('/')}/{table}"
+
+    def uri(self, table: str) -> str:
+        """A path DuckDB and Ray can read (local path, or the original URI scheme)."""
+        if self.local:
+            return self.path(table)
+        return f"{self.root.rstrip('/')}/{table}"
+
+    def files(self, table: str) -> list[str]:
+        """Finished part files of a table, sorted (never ``.tmp`` files)."""
+        info = self.fs.get_file_info(self.path(table))
+        if info.type != pafs.FileType.Directory:
+            return []
+        sel = pafs.FileSelector(self.path(table), recursive=False)
+        return sorted(i.path for i in self.fs.get_file_info(sel) if i.path.endswith(".parquet"))
+
+    def exists(self, table: str) -> bool:
+        return bool(self.files(table))
+
+    # -- read ----------------------------------------------------------------------------
+    def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        files = self.files(table)
+        if not files:
+            return TABLES[table].empty_table() if columns is None else TABLES[table].empty_table().select(columns)
+        parts = [pq.read_table(f, columns=columns, filesystem=self.fs) for f in files]
+        return pa.concat_tables(parts, promote_options="default")
+
+    def digest(self, table: str) -> str:
+        """Identity of a table's current content: its manifest if complete, else its part names and sizes."""
+        m = self.manifest(table)
+        if m is not None:
+            return hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()[:16]
+        h = hashlib.sha256()
+        for f in self.files(table):
+            h.update(f"{os.path.basename(f)}:{self.fs.get_file_info(f).size}".encode())
+        return h.hexdigest()[:16]
+
+    # -- write ---------------------------------------------------------------------------
+    def write_part(self, table: str, data: pa.Table, name: str | None = None) -> str | None:
+        """Validate and atomically write one part; returns its path (None for an empty part)."""
+        data = conform(table, data)
+        if data.num_rows == 0:
+            return None
+        self.fs.create_dir(self.path(table), recursive=True)
+        name = name or f"part-{uuid.uuid4().hex}"
+        final = f"{self.path(table)}/{name}.parquet"
+        tmp = f"{final}.{uuid.uuid4().hex[:8]}.tmp"
+        with self.fs.open_output_stream(tmp) as out:
+            pq.write_table(data, out, compression="zstd")
+        self.fs.move(tmp, final)
+        return final
+
+    def rewrite_parts(self, table: str, fn: Callable[[pa.Table], pa.Table | None]) -> int:
+        """Apply ``fn`` to each part; a part for which fn returns a table is replaced atomically.
+
+        Returns the number of parts rewritten. Used for global passes (exact and near duplicates).
+        """
+        n = 0
+        for f in self.files(table):
+            data = pq.read_table(f, filesystem=self.fs)
+            new = fn(data)
+            if new is None:
+                continue
+            new = conform(table, new)
+            tmp = f"{f}.{uuid.uuid4().hex[:8]}.tmp"
+            with self.fs.open_output_stream(tmp) as out:
+                pq.write_table(new, out, compression="zstd")
+            self.fs.move(tmp, f)
+            n += 1
+        return n
+
+    def clear(self, table: str) -> None:
+        info = self.fs.get_file_info(self.path(table))
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir_contents(self.path(table))
+
+    # -- manifests -----------------------------------------------------------------------
+    def _read_json(self, path: str) -> dict[str, Any] | None:
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode())
+
+    def _write_json(self, path: str, obj: dict[str, Any]) -> None:
+        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+        self.fs.move(tmp, path)
+
+    def manifest(self, table: str) -> dict[str, Any] | None:
+        return self._read_json(f"{self.path(table)}/_manifest.json")
+
+    def begin(self, spec: StageSpec) -> str:
+        """Decide how a stage runs: "cached" (skip), "resume" (keep finished parts) or "fresh"."""
+        want = spec.to_json()
+        m = self.manifest(spec.table)
+        if m is not None and m.get("spec") == want:
+            return "cached"
+        started = self._read_json(f"{self.path(spec.table)}/_started.json")
+        if started is not None and started == want and m is None:
+            state = "resume"
+        else:
+            self.clear(spec.table)
+            state = "fresh"
+        self.fs.create_dir(self.path(spec.table), recursive=True)
+        self._write_json(f"{self.path(spec.table)}/_started.json", want)
+        return state
+
+    def finish(self, spec: StageSpec, counts: dict[str, int], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write the manifest that makes the next identical run a cache hit."""
+        m = {
+            "spec": spec.to_json(),
+            "counts": {k: int(v) for k, v in sorted(counts.items())},
+            "rows": int(sum(counts.values())),
+            "files": len(self.files(spec.table)),
+            "completed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        }
+        if extra:
+            m.update(extra)
+        self._write_json(f"{self.path(spec.table)}/_manifest.json", m)
+        return m
+
+    def done_keys(self, table: str, key: str) -> set:
+        """Keys already present in a table's finished parts (for resume)."""
+        if not self.exists(table):
+            return set()
+        return set(self.read(table, columns=[key]).column(key).to_pylist())
+
+    def status_counts(self, table: str, column: str = "status") -> dict[str, int]:
+        data = self.read(table, columns=[column])
+        if data.num_rows == 0:
+            return {}
+        vc = pc.value_counts(data.column(column).fill_null("null"))
+        return {str(v["values"]): int(v["counts"]) for v in vc.to_pylist()}
+
+
+def pending(rows: pa.Table, key: str, done: Iterable) -> pa.Table:
+    """Rows of ``rows`` whose ``key`` is not in ``done``."""
+    done = list(done)
+    if not done:
+        return rows
+    mask = pc.invert(pc.is_in(rows.column(key), value_set=pa.array(done, type=rows.schema.field(key).type)))
+    return rows.filter(mask)

@@ -1,0 +1,168 @@
+"""What every pipeline shares: Ray start-up, the lake writer, and the cached/resumable stage runner.
+
+This is the only layer that knows Ray. A stage is a Ray-free callable class (stages/); here it
+becomes ``map_batches`` over an actor pool whose output is written straight to the lake by a
+second, task-based ``map_batches`` (one atomic Parquet part per block), which returns only a
+small ``(status, n)`` summary to the driver. A stage killed half way keeps its finished parts;
+the rerun processes only input rows whose key is missing from the output.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from catalog.config import digest, to_dict
+from catalog.lake import Lake, StageSpec
+from catalog.tracking import RunRef, Tracker
+
+log = logging.getLogger("supir")
+
+
+@dataclass
+class Context:
+    """One pipeline invocation: its config, lake and tracker."""
+
+    cfg: Any  # RunConfig
+    lake: Lake
+    tracker: Tracker
+
+
+def init_ray(ray_cfg) -> None:
+    """Join the cluster of a `ray job submit` (RAY_ADDRESS), a given address, or start a local one."""
+    import ray
+    from ray.data import DataContext
+
+    if not ray.is_initialized():
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        kwargs: dict[str, Any] = {"log_to_driver": True}
+        env_vars = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}
+        if os.environ.get("RAY_ADDRESS"):
+            # a `ray job submit` driver: the job's runtime env (--working-dir) already ships the code
+            pass
+        elif ray_cfg.address:
+            # an existing cluster reached from a checkout: ship the code with the job
+            kwargs["address"] = ray_cfg.address
+            kwargs["runtime_env"] = {"working_dir": root, "env_vars": env_vars,
+                                     "excludes": [".venv*", "lake", ".git", "*.parquet", "mlruns"]}
+        else:
+            # a local cluster started here: workers import this checkout
+            kwargs["num_cpus"] = ray_cfg.num_cpus
+            env_vars["PYTHONPATH"] = root + os.pathsep + os.environ.get("PYTHONPATH", "")
+            kwargs["runtime_env"] = {"env_vars": env_vars}
+        ray.init(**kwargs)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = bool(ray_cfg.progress_bars)
+    ctx.enable_operator_progress_bars = bool(ray_cfg.progress_bars)
+
+
+class LakeWriter:
+    """Task-based sink: writes each block as one atomic part, returns a status summary."""
+
+    def __init__(self, lake_root: str, table: str, status_column: str = "status"):
+        self.lake_root = lake_root
+        self.table = table
+        self.status_column = status_column
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        lake = Lake(self.lake_root)
+        lake.write_part(self.table, block)
+        col = block.column(self.status_column).cast(pa.string()).fill_null("null")
+        vc = pc.value_counts(col).to_pylist()
+        return pa.table({"status": [str(v["values"]) for v in vc], "n": [int(v["counts"]) for v in vc]})
+
+
+class _Pending:
+    """Task-based filter: keeps rows matching ``where`` whose key is not done yet."""
+
+    def __init__(self, key: str, done: list, where: Optional[tuple[str, str]] = None):
+        self.key, self.done, self.where = key, done, where
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        mask = None
+        if self.where is not None:
+            col, value = self.where
+            mask = pc.equal(block.column(col), value)
+        if self.done:
+            fresh = pc.invert(pc.is_in(block.column(self.key), value_set=pa.array(self.done, type=block.schema.field(self.key).type)))
+            mask = fresh if mask is None else pc.and_(mask, fresh)
+        return block if mask is None else block.filter(mask)
+
+
+def run_stage(
+    ctx: Context,
+    *,
+    stage: str,
+    table: str,
+    inputs: list[str],
+    section: Any,
+    code: str,
+    input_table: str,
+    key: str,
+    fn: type,
+    batch_size: int,
+    actors: int = 1,
+    num_gpus: float = 0,
+    num_cpus: float = 1,
+    columns: Optional[list[str]] = None,
+    where: Optional[tuple[str, str]] = None,
+    status_column: str = "status",
+    finalize: Optional[Callable[[RunRef], None]] = None,
+    counts: Optional[Callable[[], dict[str, int]]] = None,
+) -> dict[str, int]:
+    """Run one map stage: cached when nothing changed, resumed when killed, else fresh.
+
+    ``fn(section)`` is the stage's callable class; it maps batches of ``input_table`` rows
+    (``columns``, filtered by ``where``) to rows of ``table``; ``key`` identifies an input row
+    in the output (for resume). ``finalize`` runs global passes once all rows are written.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    lake = ctx.lake
+    spec = StageSpec(stage, table, {t: lake.digest(t) for t in inputs}, digest(section), code)
+    state = lake.begin(spec)
+    count = counts or (lambda: lake.status_counts(table, status_column))
+    with ctx.tracker.stage(stage, params=to_dict(section), state=state) as run:
+        t0 = time.time()
+        processed = 0
+        if state == "cached":
+            log.info("%s: cached (inputs, config and code unchanged)", stage)
+            c = lake.manifest(table)["counts"]
+            run.log_metrics({f"status.{k}": v for k, v in c.items()} | {"rows": sum(c.values()), "cached": 1})
+            return c
+        done = sorted(lake.done_keys(table, key)) if state == "resume" else []
+        if done:
+            log.info("%s: resuming, %d input rows already done", stage, len(done))
+        files = lake.files(input_table)
+        if files:
+            ds = ray.data.read_parquet(files, columns=columns, filesystem=lake.fs, override_num_blocks=len(files))
+            ds = ds.map_batches(_Pending(key, done, where), batch_format="pyarrow", batch_size=None)
+            ds = ds.map_batches(
+                fn,
+                fn_constructor_args=(section,),
+                batch_size=batch_size,
+                compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
+                num_gpus=num_gpus,
+                num_cpus=num_cpus,
+            )
+            ds = ds.map_batches(LakeWriter(lake.root, table, status_column), batch_format="pyarrow", batch_size=None)
+            for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                processed += int(pc.sum(b.column("n")).as_py() or 0)
+        if finalize is not None:
+            finalize(run)
+        seconds = time.time() - t0
+        c = count()
+        lake.finish(spec, c, {"seconds": seconds, "processed": processed, "state": state})
+        run.log_metrics(
+            {f"status.{k}": v for k, v in c.items()}
+            | {"rows": sum(c.values()), "processed": processed, "rows_per_s": processed / max(seconds, 1e-9), "cached": 0}
+        )
+        log.info("%s: %d rows processed in %.1f s -> %s", stage, processed, seconds, c)
+        return c

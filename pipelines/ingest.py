@@ -1,0 +1,143 @@
+"""Ingestion stage group: sources -> crawl -> images -> filter -> filtered.
+
+    sources  normalised source rows (URL lists, folders, globs, HF datasets), one part per shard
+    crawl    Fetcher actors (a thread pool each) -> `images`, then a global exact-duplicate pass
+    filter   Filterer actors -> `filtered`, then a global perceptual-hash near-duplicate pass
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import stages.crawl as crawl_mod
+import stages.filter as filter_mod
+from catalog.lake import StageSpec, code_digest
+from pipelines.common import Context, run_stage
+from stages.crawl import Fetcher, mark_duplicates, read_sources
+from stages.filter import Filterer, check_iqa_available, near_duplicates
+
+log = logging.getLogger("supir")
+
+
+def write_sources(ctx: Context) -> int:
+    """Normalise the configured sources into the `sources` table (rewritten only when they change)."""
+    cfg, lake = ctx.cfg.crawl, ctx.lake
+    table = read_sources(cfg)
+    h = hashlib.sha256()
+    for col in ("url", "alt_text", "source"):
+        h.update(repr(table.column(col).to_pylist()).encode())
+    content = h.hexdigest()[:16]
+    spec = StageSpec("sources", "sources", {}, content + f":{cfg.shard_rows}", "")
+    if lake.begin(spec) != "cached":
+        for start in range(0, table.num_rows, cfg.shard_rows):  # one part per shard -> one Ray block each
+            lake.write_part("sources", table.slice(start, cfg.shard_rows), name=f"part-{start // cfg.shard_rows:06d}")
+        lake.finish(spec, {"rows": table.num_rows})
+    return table.num_rows
+
+
+def _dedupe_images(ctx: Context, run) -> None:
+    """Mark exact duplicates (same image_id) after all shards are fetched: the first row stays."""
+    lake = ctx.lake
+    keys = lake.read("images", columns=["row", "image_id", "status"])
+    dups = mark_duplicates(keys)  # row -> row it duplicates
+    if not dups:
+        return
+
+    def fix(part: pa.Table):
+        rows = part.column("row").to_pylist()
+        if not any(r in dups for r in rows):
+            return None
+        is_dup = pa.array([r in dups for r in rows])
+        status = pc.if_else(is_dup, "duplicate", part.column("status"))
+        error = pa.array([f"duplicate_of_row:{dups[r]}" if r in dups else e for r, e in zip(rows, part.column("error").to_pylist())], pa.string())
+        data = pc.if_else(is_dup, pa.scalar(None, pa.binary()), part.column("bytes"))
+        part = part.set_column(part.schema.get_field_index("status"), "status", status)
+        part = part.set_column(part.schema.get_field_index("error"), "error", error)
+        return part.set_column(part.schema.get_field_index("bytes"), "bytes", data)
+
+    n = lake.rewrite_parts("images", fix)
+    log.info("crawl: %d exact duplicates marked in %d parts", len(dups), n)
+
+
+def run_crawl(ctx: Context) -> dict[str, int]:
+    cfg = ctx.cfg.crawl
+    write_sources(ctx)
+    return run_stage(
+        ctx,
+        stage="crawl",
+        table="images",
+        inputs=["sources"],
+        section=cfg,
+        code=code_digest(crawl_mod),
+        input_table="sources",
+        key="row",
+        fn=Fetcher,
+        batch_size=cfg.shard_rows,
+        actors=cfg.workers,
+        num_cpus=cfg.cpus_per_worker,
+        finalize=lambda run: _dedupe_images(ctx, run),
+    )
+
+
+def _near_dupes(ctx: Context, run) -> None:
+    lake, cfg = ctx.lake, ctx.cfg.filter
+    t = lake.read("filtered", columns=["image_id", "keep", "phash", "width", "height", "sharpness"])
+    kept = t.filter(pc.equal(t.column("keep"), True)).to_pylist()
+    rank = [(-(r["width"] * r["height"]), -(r["sharpness"] or 0.0), r["image_id"]) for r in kept]
+    dup = near_duplicates([r["image_id"] for r in kept], [r["phash"] for r in kept], rank, cfg.phash_distance)
+    if not dup:
+        return
+
+    def fix(part: pa.Table):
+        ids = part.column("image_id").to_pylist()
+        if not any(i in dup for i in ids):
+            return None
+        keep = pa.array([False if i in dup else k for i, k in zip(ids, part.column("keep").to_pylist())])
+        reason = pa.array([f"near_duplicate:{dup[i]}" if i in dup else r for i, r in zip(ids, part.column("reason").to_pylist())], pa.string())
+        part = part.set_column(part.schema.get_field_index("keep"), "keep", keep)
+        return part.set_column(part.schema.get_field_index("reason"), "reason", reason)
+
+    lake.rewrite_parts("filtered", fix)
+    log.info("filter: %d near duplicates", len(dup))
+
+
+def filter_counts(ctx: Context) -> dict[str, int]:
+    """kept, plus one count per rejection reason (the part of the reason before ':')."""
+    t = ctx.lake.read("filtered", columns=["keep", "reason"])
+    out: dict[str, int] = {}
+    for keep, reason in zip(t.column("keep").to_pylist(), t.column("reason").to_pylist()):
+        k = "kept" if keep else (reason or "rejected").split(":", 1)[0]
+        out[k] = out.get(k, 0) + 1
+    return out
+
+
+def run_filter(ctx: Context) -> dict[str, int]:
+    cfg = ctx.cfg.filter
+    return run_stage(
+        ctx,
+        stage="filter",
+        table="filtered",
+        inputs=["images"],
+        section=cfg,
+        code=code_digest(filter_mod),
+        input_table="images",
+        key="image_id",
+        columns=["image_id", "url", "bytes", "status"],
+        where=("status", "ok"),
+        fn=Filterer,
+        batch_size=cfg.batch_size,
+        actors=cfg.workers,
+        num_gpus=cfg.num_gpus if cfg.iqa else 0,
+        status_column="keep",
+        finalize=lambda run: _near_dupes(ctx, run),
+        counts=lambda: filter_counts(ctx),
+    )
+
+
+def preflight(ctx: Context) -> None:
+    """Checks that need libraries (not just types), run before any stage starts."""
+    if "filter" in ctx.cfg.stages:
+        check_iqa_available(ctx.cfg.filter)

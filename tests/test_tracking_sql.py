@@ -1,0 +1,81 @@
+"""MLflow runs (parent + nested, across processes) and DuckDB SQL over the lake and MLflow."""
+import subprocess
+import sys
+
+import pyarrow as pa
+import pytest
+
+from catalog import sql
+from catalog.lake import Lake
+from catalog.tracking import Tracker, TrackingConfig, resolve_uri
+
+
+@pytest.fixture()
+def tracked(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    lake_root = str(tmp_path / "lake")
+    tracker = Tracker(TrackingConfig(experiment="t"), lake_root)
+    with tracker.pipeline("full", {"lake": lake_root, "filter": {"min_side": 512}}) as parent:
+        with tracker.stage("crawl", {"threads": 4}) as run:
+            run.log_metrics({"status.ok": 5, "status.http_error": 2})
+            # a Ray worker logs through a picklable RunRef from another process
+            code = (f"from catalog.tracking import RunRef; RunRef({run.uri!r}, {run.run_id!r})"
+                    ".log_metrics({'worker_metric': 7.0}, step=3)")
+            subprocess.run([sys.executable, "-c", code], check=True)
+    return tracker, parent, run, lake_root
+
+
+def test_parent_and_nested_runs(tracked):
+    from mlflow import MlflowClient
+
+    tracker, parent, run, lake_root = tracked
+    assert tracker.uri == f"sqlite:///{lake_root}/mlflow.db"
+    c = MlflowClient(tracker.uri)
+    child = c.get_run(run.run_id)
+    assert child.data.tags["mlflow.parentRunId"] == parent.run_id
+    assert child.data.metrics["worker_metric"] == 7.0
+    assert child.data.params["threads"] == "4"
+    assert "git_sha" in child.data.tags and "version.torch" in child.data.tags
+    p = c.get_run(parent.run_id)
+    assert p.data.params["filter.min_side"] == "512"
+    assert p.info.status == "FINISHED"
+
+
+def test_failed_stage_marks_run_failed(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = Tracker(TrackingConfig(), str(tmp_path / "lake"))
+    with pytest.raises(RuntimeError):
+        with tracker.pipeline("full", {}):
+            with tracker.stage("crawl") as run:
+                raise RuntimeError("boom")
+    assert MlflowClient(tracker.uri).get_run(run.run_id).info.status == "FAILED"
+
+
+def test_env_uri_overrides(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/other.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert Tracker(TrackingConfig(), str(tmp_path / "lake")).uri == uri
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with pytest.raises(ValueError, match="set tracking.uri"):
+        resolve_uri(TrackingConfig(), "s3://bucket/lake")  # no embedded SQLite inside an object store
+
+
+def test_sql_views_and_canned_queries(tracked, capsys):
+    tracker, parent, run, lake_root = tracked
+    lake = Lake(lake_root)
+    lake.write_part("images", pa.table({"url": ["a", "b", "c"], "status": ["ok", "ok", "http_error"], "num_bytes": [10, 20, None]}))
+    lake.write_part("filtered", pa.table({"image_id": ["x", "y"], "keep": [True, False], "reason": [None, "min_side:300<512"]}))
+    con = sql.connect(lake_root)
+    assert con.execute("SELECT count(*) FROM images WHERE status = 'ok'").fetchone()[0] == 2
+    rows = con.execute(sql.CANNED["status_counts"]).fetchall()
+    assert ("crawl", "ok", 5) in [(r[1], r[2], r[3]) for r in rows]
+    assert sorted(con.execute(sql.CANNED["drop_reasons"]).fetchall()) == [("crawl", "http_error", 1), ("filter", "min_side", 1)]
+    assert con.execute("SELECT value FROM mlflow_params WHERE key = 'threads'").fetchone()[0] == "4"
+    assert con.execute("SELECT count(*) FROM pairs").fetchone()[0] == 0  # unwritten tables are empty views
+    # the command line prints a table
+    assert sql.main(["--lake", lake_root, "SELECT status, count(*) AS n FROM images GROUP BY 1 ORDER BY 1"]) == 0
+    out = capsys.readouterr().out
+    assert "http_error" in out and "status" in out
+    assert sql.main(["--lake", lake_root, "SELEC nonsense"]) == 2
