@@ -1,0 +1,262 @@
+"""Model configuration: the typed :class:`ModelConfig` and the architectures of the two presets.
+
+``sdxl`` is SDXL base 1.0 written out (the diffusers configs of stabilityai/stable-diffusion-xl-
+base-1.0, so nothing is downloaded to build it, e.g. on the meta device). ``tiny`` has the same
+shape (three UNet levels, DownBlock2D then two cross-attention levels, ``text_time`` added
+embedding, two CLIP text encoders with the real 49408-token vocabulary) at channel widths that
+run a forward and backward on a CPU in about a second.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+from catalog.config import check
+
+PRESETS = ("tiny", "sdxl")
+DTYPES = ("float32", "bfloat16", "float16")
+
+# ---------------------------------------------------------------------------------------------
+# SDXL base 1.0 (diffusers layout). UNet 2567.5M parameters, VAE encoder 34.2M.
+SDXL_UNET: dict[str, Any] = {
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "center_input_sample": False,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "only_cross_attention": False,
+    "block_out_channels": [320, 640, 1280],
+    "layers_per_block": 2,
+    "downsample_padding": 1,
+    "mid_block_scale_factor": 1,
+    "act_fn": "silu",
+    "norm_num_groups": 32,
+    "norm_eps": 1e-5,
+    "cross_attention_dim": 2048,
+    "transformer_layers_per_block": [1, 2, 10],
+    "attention_head_dim": [5, 10, 20],  # diffusers' historical name: these are head counts (64 ch each)
+    "num_attention_heads": None,
+    "dual_cross_attention": False,
+    "use_linear_projection": True,
+    "upcast_attention": None,
+    "resnet_time_scale_shift": "default",
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,  # 1280 pooled text + 6 time ids x 256
+    "class_embed_type": None,
+    "num_class_embeds": None,
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "time_embedding_type": "positional",
+}
+
+SDXL_VAE: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "act_fn": "silu",
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "sample_size": 1024,
+    "scaling_factor": 0.13025,
+    "force_upcast": True,
+}
+
+# CLIP ViT-L/14 text tower (SDXL text_encoder) and OpenCLIP ViT-bigG/14 (text_encoder_2).
+SDXL_TEXT_ENCODER: dict[str, Any] = {
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "projection_dim": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "pad_token_id": 1,
+}
+SDXL_TEXT_ENCODER_2: dict[str, Any] = {
+    "vocab_size": 49408,
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "projection_dim": 1280,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 20,
+    "max_position_embeddings": 77,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-5,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "pad_token_id": 1,
+}
+
+# ---------------------------------------------------------------------------------------------
+# tiny: SDXL-shaped. Text widths 32 + 64 -> cross attention 96; pooled 64 + 6 x 8 time ids = 112.
+# The two encoders have different widths, as in SDXL (768, 1280): diffusers' single-file loader
+# tells them apart by width.
+TINY_UNET: dict[str, Any] = {
+    **SDXL_UNET,
+    "sample_size": 32,
+    "block_out_channels": [32, 64, 64],
+    "cross_attention_dim": 96,
+    "transformer_layers_per_block": [1, 2, 2],
+    "attention_head_dim": [2, 4, 4],
+    "addition_time_embed_dim": 8,
+    "projection_class_embeddings_input_dim": 112,
+}
+TINY_VAE: dict[str, Any] = {
+    **SDXL_VAE,
+    "block_out_channels": [32, 32, 64, 64],  # four levels: the same 8x downsampling as SDXL
+    "layers_per_block": 1,
+    "sample_size": 256,
+}
+_TINY_TEXT = {
+    "vocab_size": 49408,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "projection_dim": 32,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 77,
+    "layer_norm_eps": 1e-5,
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+}
+TINY_TEXT_ENCODER: dict[str, Any] = {**_TINY_TEXT, "hidden_act": "quick_gelu", "pad_token_id": 49407}
+TINY_TEXT_ENCODER_2: dict[str, Any] = {**_TINY_TEXT, "hidden_size": 64, "intermediate_size": 128, "projection_dim": 64,
+                                        "hidden_act": "gelu", "pad_token_id": 0}
+
+ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
+    "sdxl": {
+        "unet": SDXL_UNET,
+        "vae": SDXL_VAE,
+        "text_encoder": SDXL_TEXT_ENCODER,
+        "text_encoder_2": SDXL_TEXT_ENCODER_2,
+    },
+    "tiny": {
+        "unet": TINY_UNET,
+        "vae": TINY_VAE,
+        "text_encoder": TINY_TEXT_ENCODER,
+        "text_encoder_2": TINY_TEXT_ENCODER_2,
+    },
+}
+
+# The paper's trimmed adaptor (section 3.1: "we trim half of the ViT blocks in each encoder
+# block"; official config comment: transformer_depth [1, 2, 10] -> [1, 1, 4]).
+TRIMMED_DEPTH = {"sdxl": (1, 1, 4), "tiny": (1, 1, 1)}
+
+
+def architecture(preset: str) -> dict[str, dict[str, Any]]:
+    """Deep copies of the four component configs of ``preset`` (unet, vae, text encoders)."""
+    check(preset in ARCHITECTURES, "model.preset", preset, "one of " + ", ".join(PRESETS))
+    return copy.deepcopy(ARCHITECTURES[preset])
+
+
+@dataclass
+class ModelConfig:
+    """The SUPIR model: which prior, and how the trainable parts are shaped."""
+
+    preset: Literal["tiny", "sdxl"] = "tiny"
+    """Architecture of the prior when it is built with random weights (``prior: null``) or read
+    from a single file without its own config; also chooses the default adaptor trimming."""
+
+    prior: Optional[str] = None
+    """SDXL base weights: a local diffusers folder (unet/, vae/, text_encoder/, text_encoder_2/),
+    a single ``.safetensors`` file (the original sd_xl_base_1.0 layout, or this project's prior
+    file, see model/prior.py), or a hub id such as stabilityai/stable-diffusion-xl-base-1.0.
+    null builds the preset's architecture with random weights (the tiny demo before stage 0)."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype of the frozen prior's weights. The trainable parts stay float32 (train under autocast)."""
+
+    adaptor_transformer_depth: Optional[tuple[int, ...]] = None
+    """Transformer blocks per adaptor encoder stage, one entry per UNet down block (SDXL's first
+    stage has no attention, its entry is unused). null: the preset's trimmed depth, (1, 1, 4) for
+    sdxl as in the paper; the released SUPIR checkpoints are untrimmed, (1, 2, 10)."""
+
+    adaptor_mid_transformer_depth: Optional[int] = None
+    """Transformer blocks in the adaptor's mid block. null: the last stage's depth (as sgm does)."""
+
+    control_scale: float = 1.0
+    """Default control scale s of the connectors (0 reproduces the prior UNet exactly)."""
+
+    sft_hidden_channels: int = 128
+    """Hidden channels of ZeroSFT's shared 3x3 conv (SUPIR: 128)."""
+
+    cross_attn_head_dim: int = 64
+    """Channels per head of the two ZeroCrossAttn modules (SUPIR: 64)."""
+
+    zero_init_cross_attn: bool = True
+    """Zero-initialise ZeroCrossAttn's output projection, so that it starts as the identity (the
+    released code has this commented out; see model/connectors.py). Either way the untrained model
+    equals the prior only at control scale 0: at init ZeroSFT gives GroupNorm(H), not H."""
+
+    seed: int = 0
+    """Seed of the random initialisation (prior weights when ``prior`` is null, and the
+    connectors' non-zero convs)."""
+
+    gradient_checkpointing: bool = False
+    """Recompute activations of the adaptor and of the prior's decoder in backward (saves memory)."""
+
+    def __post_init__(self) -> None:
+        check(self.preset in PRESETS, "model.preset", self.preset, "one of " + ", ".join(PRESETS))
+        check(self.dtype in DTYPES, "model.dtype", self.dtype, "one of " + ", ".join(DTYPES))
+        check(self.prior is None or (isinstance(self.prior, str) and self.prior.strip() != ""),
+              "model.prior", self.prior, "null, a folder, a .safetensors file or a hub id")
+        if self.adaptor_transformer_depth is not None:
+            depth = tuple(self.adaptor_transformer_depth)
+            check(len(depth) > 0 and all(isinstance(d, int) and d >= 1 for d in depth),
+                  "model.adaptor_transformer_depth", list(depth),
+                  "a list of integers >= 1, one per UNet down block")
+            self.adaptor_transformer_depth = depth
+        if self.adaptor_mid_transformer_depth is not None:
+            check(isinstance(self.adaptor_mid_transformer_depth, int) and self.adaptor_mid_transformer_depth >= 1,
+                  "model.adaptor_mid_transformer_depth", self.adaptor_mid_transformer_depth, "an integer >= 1 or null")
+        check(isinstance(self.control_scale, (int, float)) and 0.0 <= self.control_scale <= 10.0,
+              "model.control_scale", self.control_scale, "a number in [0, 10]")
+        check(isinstance(self.sft_hidden_channels, int) and self.sft_hidden_channels >= 1,
+              "model.sft_hidden_channels", self.sft_hidden_channels, "an integer >= 1")
+        check(isinstance(self.cross_attn_head_dim, int) and self.cross_attn_head_dim >= 1,
+              "model.cross_attn_head_dim", self.cross_attn_head_dim, "an integer >= 1")
+        check(isinstance(self.seed, int) and self.seed >= 0, "model.seed", self.seed, "an integer >= 0")
+
+    def adaptor_depths(self, unet_config: dict[str, Any]) -> tuple[list[int], int]:
+        """(depth per down block, mid depth) of the adaptor for a prior UNet with ``unet_config``.
+
+        Raises ConfigError when the depth does not fit the prior: one entry per down block, each
+        at most the prior's depth (the adaptor copies the first blocks of each prior stack).
+        """
+        n = len(unet_config["down_block_types"])
+        prior = unet_config["transformer_layers_per_block"]
+        prior = [prior] * n if isinstance(prior, int) else list(prior)
+        if self.adaptor_transformer_depth is None:
+            trimmed = TRIMMED_DEPTH[self.preset]
+            depth = list(trimmed) if len(trimmed) == n else prior
+        else:
+            depth = list(self.adaptor_transformer_depth)
+        check(len(depth) == n, "model.adaptor_transformer_depth", depth,
+              f"{n} entries, one per down block of the prior UNet")
+        check(all(d <= p for d, p in zip(depth, prior)), "model.adaptor_transformer_depth", depth,
+              f"at most the prior's depth {prior} in each stage")
+        mid = self.adaptor_mid_transformer_depth or depth[-1]
+        check(mid <= prior[-1], "model.adaptor_mid_transformer_depth", mid,
+              f"at most the prior's mid depth {prior[-1]}")
+        return depth, mid
+
+
+def torch_dtype(name: str):
+    """'bfloat16' -> torch.bfloat16."""
+    import torch
+
+    check(name in DTYPES, "model.dtype", name, "one of " + ", ".join(DTYPES))
+    return getattr(torch, name)

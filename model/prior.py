@@ -1,0 +1,266 @@
+"""The frozen generative prior: SDXL's UNet, VAE, two CLIP text encoders and their tokenizers.
+
+Loaded with diffusers / transformers from one of
+
+- a local diffusers folder (``unet/ vae/ text_encoder/ text_encoder_2/ tokenizer/ tokenizer_2/``,
+  what :func:`save_prior` and ``StableDiffusionXLPipeline.save_pretrained`` write),
+- a hub id such as ``stabilityai/stable-diffusion-xl-base-1.0`` (same layout, downloaded),
+- a single ``.safetensors`` file, either
+  * the original SGM layout of ``sd_xl_base_1.0.safetensors`` (``model.diffusion_model.*``,
+    ``first_stage_model.*``, ``conditioner.embedders.*``): read by diffusers'
+    ``StableDiffusionXLPipeline.from_single_file`` with ``config=`` a local folder of SDXL configs
+    written from model/config.py (so no hub access is needed), or
+  * this project's prior file (:func:`save_prior_single_file`): diffusers / transformers key
+    names behind a component prefix (``unet.``, ``vae.``, ``text_encoder.``, ``text_encoder_2.``),
+    with the four component configs as JSON in the safetensors header (``supir_prior_configs``),
+- nothing (``prior: null``): the preset's architecture with seeded random weights.
+
+The prior is always frozen explicitly (``requires_grad_(False)``, eval mode).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from catalog.config import ConfigError
+from model.config import architecture
+from model.tokenizer import clip_tokenizer
+
+COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+SINGLE_FILE_FORMAT = "supir-prior-v1"
+# Keys that say nothing about the architecture (versions, paths, dtype) are left out of digests.
+_VOLATILE = {"transformers_version", "_diffusers_version", "_name_or_path", "torch_dtype", "dtype",
+             "architectures", "_class_name", "_use_default_values", "output_hidden_states",
+             "return_dict", "use_return_dict", "_attn_implementation_autoset", "_commit_hash"}
+
+
+class SDXLPrior(nn.Module):
+    """SDXL base: ``unet``, ``vae``, ``text_encoder`` (CLIP ViT-L), ``text_encoder_2`` (OpenCLIP bigG,
+    with projection) and the two tokenizers. ``source`` records where the weights came from."""
+
+    def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel,
+                 text_encoder_2: CLIPTextModelWithProjection, tokenizer: CLIPTokenizer,
+                 tokenizer_2: CLIPTokenizer, source: Optional[str] = None):
+        super().__init__()
+        self.unet = unet
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.text_encoder_2 = text_encoder_2
+        self.tokenizer = tokenizer
+        self.tokenizer_2 = tokenizer_2
+        self.source = source
+        self.freeze()
+
+    def freeze(self) -> "SDXLPrior":
+        """The prior is never trained by SUPIR: no gradients, eval mode (no dropout)."""
+        self.requires_grad_(False)
+        self.eval()
+        return self
+
+    def train(self, mode: bool = True) -> "SDXLPrior":  # the prior stays in eval mode
+        return super().train(False)
+
+    def component_configs(self) -> dict[str, dict[str, Any]]:
+        """The four architecture configs as plain dicts (the single-file header, the digest)."""
+        out = {}
+        for name in COMPONENTS:
+            module = getattr(self, name)
+            cfg = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
+            out[name] = {k: v for k, v in cfg.items() if k not in _VOLATILE and not k.startswith("_")}
+        return json.loads(json.dumps(out, default=list))
+
+    def config_sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.component_configs(), sort_keys=True).encode()).hexdigest()
+
+    def weights_sha256(self) -> str:
+        """sha256 over every tensor (name, dtype, shape, bytes) in a fixed order.
+
+        Reads every weight once (about 7 GB and tens of seconds for SDXL)."""
+        h = hashlib.sha256()
+        for name in COMPONENTS:
+            for key, t in sorted(getattr(self, name).state_dict().items()):
+                h.update(f"{name}.{key}|{t.dtype}|{tuple(t.shape)}".encode())
+                h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# building
+
+def _text_encoders(configs: dict[str, dict[str, Any]]) -> tuple[CLIPTextModel, CLIPTextModelWithProjection]:
+    te = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"]))
+    return te, te2
+
+
+def _tokenizers() -> tuple[CLIPTokenizer, CLIPTokenizer]:
+    return clip_tokenizer(), clip_tokenizer("!")
+
+
+def build_prior(preset: str = "tiny", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                seed: int = 0) -> SDXLPrior:
+    """The preset's architecture with random weights, seeded (global RNG state is left untouched).
+
+    ``device="meta"`` allocates nothing (parameter counting at SDXL scale)."""
+    configs = architecture(preset)
+    device = torch.device(device)
+    rng = contextlib.nullcontext() if device.type == "meta" else torch.random.fork_rng(devices=[])
+    with rng, torch.device(device):
+        if device.type != "meta":
+            torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**configs["unet"])
+        vae = AutoencoderKL(**configs["vae"])
+        te, te2 = _text_encoders(configs)
+    prior = SDXLPrior(unet, vae, te, te2, *_tokenizers(), source=None)
+    return prior.to(dtype=dtype) if dtype != torch.float32 else prior
+
+
+def load_prior(source: str, preset: str = "sdxl", dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu") -> SDXLPrior:
+    """Load a prior from a diffusers folder, a hub id or a single .safetensors file (module doc).
+
+    ``preset`` names the architecture assumed for an original-layout single file."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        prior = _load_diffusers(str(path), dtype)
+    elif source.endswith(".safetensors"):
+        if not path.is_file():
+            raise ConfigError(f"model.prior = {source!r} is not allowed: the file does not exist")
+        prior = _load_single_file(path, preset, dtype)
+    elif source.count("/") == 1 and not source.startswith((".", "/", "~")):
+        prior = _load_diffusers(source, dtype)  # a hub id: diffusers' own cache and download rules
+    else:
+        raise ConfigError(f"model.prior = {source!r} is not allowed: expected an existing folder, "
+                          "a .safetensors file or a hub id (owner/name)")
+    prior.source = source
+    return prior.to(device)
+
+
+def _load_diffusers(source: str, dtype: torch.dtype) -> SDXLPrior:
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype)
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype)
+    te = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dtype)
+    te2 = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", torch_dtype=dtype)
+    try:
+        tok = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
+        tok2 = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2")
+    except (OSError, ValueError, TypeError):  # a folder without tokenizers: CLIP's BPE, offline
+        tok, tok2 = _tokenizers()
+    return SDXLPrior(unet, vae, te, te2, tok, tok2)
+
+
+def _load_single_file(path: Path, preset: str, dtype: torch.dtype) -> SDXLPrior:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        keys = list(f.keys())
+    if meta.get("format") == SINGLE_FILE_FORMAT:
+        return _load_project_single_file(path, json.loads(meta["supir_prior_configs"]), dtype)
+    if any(k.startswith("model.diffusion_model.") for k in keys):
+        return _load_original_single_file(path, preset, dtype)
+    raise ConfigError(f"model.prior = {str(path)!r} is not allowed: a .safetensors file in neither the "
+                      f"original SDXL layout (model.diffusion_model.*) nor this project's {SINGLE_FILE_FORMAT}")
+
+
+def _load_project_single_file(path: Path, configs: dict[str, dict[str, Any]], dtype: torch.dtype) -> SDXLPrior:
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    # Parameters on meta (nothing allocated twice), buffers real; then assign the file's tensors.
+    with init_empty_weights(include_buffers=False):
+        modules = {"unet": UNet2DConditionModel.from_config(configs["unet"]),
+                   "vae": AutoencoderKL.from_config(configs["vae"])}
+        modules["text_encoder"], modules["text_encoder_2"] = _text_encoders(configs)
+    for name, module in modules.items():
+        prefix = name + "."
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        module.load_state_dict(sub, strict=True, assign=True)
+        if module.dtype != dtype:
+            module.to(dtype)
+    return SDXLPrior(modules["unet"], modules["vae"], modules["text_encoder"], modules["text_encoder_2"],
+                     *_tokenizers())
+
+
+def _load_original_single_file(path: Path, preset: str, dtype: torch.dtype) -> SDXLPrior:
+    """sd_xl_base_1.0.safetensors and fine-tunes in its layout, through diffusers' converters."""
+    from diffusers import StableDiffusionXLPipeline
+
+    with tempfile.TemporaryDirectory() as config_dir:
+        write_config_folder(config_dir, preset)
+        pipe = StableDiffusionXLPipeline.from_single_file(str(path), config=config_dir, local_files_only=True,
+                                                          torch_dtype=dtype)
+    return SDXLPrior(pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.tokenizer, pipe.tokenizer_2)
+
+
+# ---------------------------------------------------------------------------------------------
+# saving
+
+_MODEL_INDEX = {
+    "_class_name": "StableDiffusionXLPipeline",
+    "force_zeros_for_empty_prompt": True,
+    "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "tokenizer_2": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+
+
+def _sdxl_scheduler() -> EulerDiscreteScheduler:
+    """SDXL base's training schedule: 1000 steps, scaled-linear betas 0.00085..0.012 (DESIGN 6)."""
+    return EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                  beta_schedule="scaled_linear", prediction_type="epsilon",
+                                  timestep_spacing="leading", steps_offset=1)
+
+
+def _write_common(folder: Path, tokenizers: tuple[CLIPTokenizer, CLIPTokenizer]) -> None:
+    (folder / "model_index.json").write_text(json.dumps(_MODEL_INDEX, indent=2))
+    _sdxl_scheduler().save_pretrained(folder / "scheduler")
+    tokenizers[0].save_pretrained(folder / "tokenizer")
+    tokenizers[1].save_pretrained(folder / "tokenizer_2")
+
+
+def save_prior(prior: SDXLPrior, folder: str | Path) -> Path:
+    """A diffusers folder (what StableDiffusionXLPipeline.from_pretrained reads), safetensors weights."""
+    folder = Path(folder)
+    for name in COMPONENTS:
+        getattr(prior, name).save_pretrained(folder / name, safe_serialization=True)
+    _write_common(folder, (prior.tokenizer, prior.tokenizer_2))
+    return folder
+
+
+def save_prior_single_file(prior: SDXLPrior, path: str | Path) -> Path:
+    """This project's single-file layout: ``<component>.<diffusers key>`` tensors, configs in the header."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{name}.{k}": v.detach().contiguous().cpu()
+               for name in COMPONENTS for k, v in getattr(prior, name).state_dict().items()}
+    save_file(tensors, str(path), metadata={"format": SINGLE_FILE_FORMAT,
+                                            "supir_prior_configs": json.dumps(prior.component_configs())})
+    return path
+
+
+def write_config_folder(folder: str | Path, preset: str) -> Path:
+    """A weightless diffusers folder of the preset's configs (``config=`` for from_single_file)."""
+    folder = Path(folder)
+    configs = architecture(preset)
+    for name, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "config.json").write_text(json.dumps({"_class_name": cls.__name__, **configs[name]}, indent=2))
+    for name, arch in (("text_encoder", "CLIPTextModel"), ("text_encoder_2", "CLIPTextModelWithProjection")):
+        CLIPTextConfig(**configs[name], architectures=[arch]).save_pretrained(folder / name)
+    _write_common(folder, _tokenizers())
+    return folder
