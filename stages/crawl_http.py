@@ -1,0 +1,212 @@
+"""HTTP(S) download for the crawl stage: address guard, manual redirects, retries, byte cap.
+
+One :class:`HttpClient` per :class:`stages.crawl.Fetcher`; it wraps a thread-safe urllib3
+``PoolManager`` (keep-alive connections shared by the fetcher's threads). urllib3 rather than
+requests: it never routes through the ``*_PROXY`` environment variables (a proxy would hide the
+address we connect to), and it lets us check the address of every socket we open.
+
+Private, loopback, link-local, reserved and multicast addresses are refused twice: before
+connecting (every address the host name resolves to) and after connecting (the peer address of
+the socket, so a DNS answer that changes between the two lookups cannot slip through). Each
+redirect hop goes through the same check, because redirects are followed here, not by urllib3.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urljoin, urlsplit
+
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (
+    HTTPError,
+    LocationParseError,
+    NameResolutionError,
+    ProtocolError,
+    SSLError,
+)
+from urllib3.exceptions import (
+    TimeoutError as Urllib3Timeout,
+)
+
+if TYPE_CHECKING:
+    from stages.crawl import CrawlConfig
+
+REDIRECTS = (301, 302, 303, 307, 308)
+CHUNK = 1 << 16
+
+
+class FetchError(Exception):
+    """A URL failed with one of catalog.schemas.IMAGE_STATUSES; ``retry`` if it may be transient."""
+
+    def __init__(self, status: str, error: str, http_status: int | None = None, retry: bool = False):
+        super().__init__(f"{status}: {error}")
+        self.status, self.error, self.http_status, self.retry = status, error, http_status, retry
+
+
+class ForbiddenAddress(Exception):
+    """Raised from inside a connection; deliberately not an OSError so urllib3 does not wrap it."""
+
+
+def is_public(ip: str) -> bool:
+    """True for a globally routable unicast address (IPv4-mapped IPv6 is judged as IPv4)."""
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_global and not addr.is_multicast
+
+
+def check_host(host: str, port: int) -> None:
+    """Resolve ``host`` and raise FetchError(forbidden_address) if any address is not public."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise FetchError("connection_error", f"cannot resolve {host!r}: {e}") from None
+    for info in infos:
+        ip = info[4][0]
+        if not is_public(ip):
+            raise FetchError("forbidden_address", f"{host} resolves to non-public address {ip}")
+
+
+class _GuardMixin:
+    def _new_conn(self):  # type: ignore[no-untyped-def]
+        sock = super()._new_conn()  # type: ignore[misc]
+        ip = sock.getpeername()[0]
+        if not is_public(ip):
+            sock.close()
+            raise ForbiddenAddress(f"{self.host} connected to non-public address {ip}")  # type: ignore[attr-defined]
+        return sock
+
+
+class _GuardedHTTPConnection(_GuardMixin, HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_GuardMixin, HTTPSConnection):
+    pass
+
+
+class _GuardedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+@dataclass
+class Download:
+    """A successful download: the body, the HTTP status and the final URL after redirects."""
+
+    data: bytes
+    http_status: int
+    final_url: str
+    content_type: str | None
+
+
+class HttpClient:
+    """GET with retries and exponential backoff; see the module docstring for the guards."""
+
+    def __init__(self, cfg: CrawlConfig):
+        self.cfg = cfg
+        self.pool = urllib3.PoolManager(
+            num_pools=64,
+            maxsize=max(cfg.threads, 1),
+            block=False,
+            timeout=urllib3.Timeout(connect=cfg.timeout_s, read=cfg.timeout_s),
+            retries=False,
+            headers={"User-Agent": cfg.user_agent, "Accept": "image/*", "Accept-Encoding": "identity"},
+        )
+        if not cfg.allow_private_addresses:
+            self.pool.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+
+    def get(self, url: str) -> Download:
+        """Download ``url`` or raise FetchError. Retries 5xx, 429, timeouts and broken connections."""
+        cfg = self.cfg
+        for attempt in range(cfg.retries + 1):
+            try:
+                return self._follow(url)
+            except FetchError as e:
+                if not e.retry or attempt == cfg.retries:
+                    raise
+            time.sleep(cfg.backoff_s * (2**attempt))
+        raise AssertionError("unreachable")
+
+    def _follow(self, url: str) -> Download:
+        for _ in range(self.cfg.max_redirects + 1):
+            location = self._once(url)
+            if isinstance(location, Download):
+                return location
+            url = location
+        raise FetchError("too_many_redirects", f"more than {self.cfg.max_redirects} redirects, last to {url}")
+
+    def _once(self, url: str) -> Download | str:
+        """One request: a Download, or the absolute URL a redirect points to."""
+        cfg = self.cfg
+        try:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as e:
+            raise FetchError("bad_url", str(e)) from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise FetchError("bad_url", f"not an http(s) URL: {url}")
+        if not cfg.allow_private_addresses:
+            check_host(parts.hostname, port)
+        deadline = time.monotonic() + cfg.download_timeout_s
+        response = None
+        try:
+            response = self.pool.request("GET", url, preload_content=False, redirect=False, retries=False)
+            status = response.status
+            if status in REDIRECTS:
+                location = response.headers.get("Location")
+                if not location:
+                    raise FetchError("http_error", f"redirect {status} without Location", status)
+                target = urljoin(url, location)
+                if urlsplit(target).scheme not in ("http", "https"):
+                    raise FetchError("bad_url", f"redirect to a non-http(s) URL: {target}", status)
+                return target
+            if status == 429 or status >= 500:
+                raise FetchError("http_error", f"HTTP {status}", status, retry=True)
+            if status >= 300:
+                raise FetchError("http_error", f"HTTP {status}", status)
+            content_type = response.headers.get("Content-Type")
+            if content_type and content_type.split(";")[0].strip().lower().startswith("text/"):
+                raise FetchError("not_image", f"content-type {content_type}", status)
+            length = response.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > cfg.max_bytes:
+                raise FetchError("too_large", f"Content-Length {length} > max_bytes {cfg.max_bytes}", status)
+            chunks, size = [], 0
+            while chunk := response.read(CHUNK):
+                size += len(chunk)
+                if size > cfg.max_bytes:
+                    raise FetchError("too_large", f"body over max_bytes {cfg.max_bytes}", status)
+                if time.monotonic() > deadline:
+                    raise FetchError("timeout", f"download over {cfg.download_timeout_s}s", status, retry=True)
+                chunks.append(chunk)
+            return Download(b"".join(chunks), status, url, content_type)
+        except ForbiddenAddress as e:
+            raise FetchError("forbidden_address", str(e)) from None
+        except Urllib3Timeout as e:
+            raise FetchError("timeout", _short(e), retry=True) from None
+        except NameResolutionError as e:
+            raise FetchError("connection_error", _short(e)) from None
+        except SSLError as e:
+            raise FetchError("connection_error", _short(e)) from None
+        except (ProtocolError, HTTPError, OSError) as e:
+            # includes a body shorter than its Content-Length ("IncompleteRead"): retried
+            raise FetchError("connection_error", _short(e), retry=True) from None
+        except (LocationParseError, ValueError, UnicodeError) as e:
+            raise FetchError("bad_url", _short(e)) from None
+        finally:
+            if response is not None:
+                # a response we did not read to the end cannot be reused: drop its connection
+                response.close()
+                response.release_conn()
+
+
+def _short(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:300]
