@@ -1,0 +1,307 @@
+"""Restore with SUPIR at scale: a folder of photos into PNGs, or the `pairs` table into `restorations`.
+
+    python pipelines/restore.py --model checkpoints/supir --input photos/ --output restored/
+    python pipelines/restore.py --model models:/supir@champion --input in/ --output out/ \\
+        --steps 50 --upscale 2 sampler.tau_r=0 tiling.tile_size=96 color_fix=adain
+
+Options not given as flags are ``key.path=value`` overrides of RestoreConfig (stages/restore.py),
+for example ``sampler.cfg_scale=7.5`` or ``sampler.linear_control_scale=true``.
+
+Both modes run the Ray-free :class:`stages.restore.Restorer` as a Ray Data actor pool
+(``map_batches(..., compute=ActorPoolStrategy(...))``), one model per actor, one GPU per actor
+when the cluster has GPUs. MLflow (catalog/tracking.py): seconds per image, steps per second,
+status counts, and a grid artifact (LQ | restored [| HQ]).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+from PIL import Image
+
+import model.colorfix as colorfix_mod
+import model.sampler as sampler_mod
+import model.tiling as tiling_mod
+import stages.restore as restore_mod
+from catalog.config import ConfigError, apply_overrides, from_dict, to_dict
+from catalog.lake import code_digest
+from catalog.tracking import RunRef, Tracker, TrackingConfig
+from stages.restore import RestoreConfig, Restorer
+
+log = logging.getLogger("supir")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+GRID_ROWS = 4
+
+
+def cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def restore_actors(ds, cfg: RestoreConfig, timings: bool = False):
+    """``ds`` (pair_id, lq[, caption, scale]) -> RESTORATIONS rows, through an actor pool of Restorers."""
+    from ray.data import ActorPoolStrategy
+
+    return ds.map_batches(
+        Restorer,
+        fn_constructor_args=(cfg,),
+        fn_constructor_kwargs={"timings": timings},
+        batch_size=cfg.batch_size,
+        compute=ActorPoolStrategy(min_size=1, max_size=cfg.actors),
+        num_gpus=cfg.num_gpus_per_actor if cluster_has_gpus() else 0,
+    )
+
+
+def speed_metrics(seconds: Sequence[float], statuses: Sequence[str], num_steps: int,
+                  sampling_seconds: Optional[Sequence[float]] = None) -> dict[str, float]:
+    """seconds_per_image and steps_per_second (end to end, ok rows); the sampler loop alone when timed."""
+    ok = [s for s, st in zip(seconds, statuses) if st == "ok"]
+    out: dict[str, float] = {"images": float(len(statuses)), "ok": float(len(ok))}
+    for status in sorted(set(statuses)):
+        out[f"status.{status}"] = float(sum(1 for s in statuses if s == status))
+    if ok:
+        per_image = float(np.mean(ok))
+        out["seconds_per_image"] = per_image
+        out["steps_per_second"] = num_steps / per_image
+    if sampling_seconds:
+        timed = [s for s, st in zip(sampling_seconds, statuses) if st == "ok" and s > 0]
+        if timed:
+            out["sampling_steps_per_second"] = num_steps / float(np.mean(timed))
+    return out
+
+
+def log_grid(run: RunRef, rows: list[list[Image.Image]], labels: list[str], name: str = "restore_grid.png") -> None:
+    """A grid image artifact (evaluation/grids.py's make_grid when present)."""
+    if not rows or not run.enabled:
+        return
+    try:
+        from evaluation.grids import make_grid
+    except ImportError:  # evaluation not installed: a plain side-by-side strip
+        make_grid = _strip
+    run.log_image(make_grid(rows, labels=labels), name)
+
+
+def _strip(rows: list[list[Image.Image]], labels: Optional[list[str]] = None, cell: int = 256) -> Image.Image:
+    grid = Image.new("RGB", (cell * max(len(r) for r in rows), cell * len(rows)), "white")
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            grid.paste(img.convert("RGB").resize((cell, cell)), (c * cell, r * cell))
+    return grid
+
+
+# ---------------------------------------------------------------------------------------------
+# a folder of photos
+
+class _ReadImage:
+    """(path) rows -> Restorer input rows: pair_id = the path relative to the input folder."""
+
+    def __init__(self, root: str):
+        self.root = Path(root)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        paths = [Path(p) for p in batch["path"]]
+        ids = np.array([str(p.relative_to(self.root)) for p in paths], dtype=object)
+        data = np.empty(len(paths), dtype=object)
+        data[:] = [p.read_bytes() for p in paths]
+        return {"pair_id": ids, "lq": data}
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def restore_folder(cfg: RestoreConfig, input_dir: str | Path, output_dir: str | Path,
+                   run: Optional[RunRef] = None) -> dict[str, Any]:
+    """Restore every image under ``input_dir`` into ``output_dir``/<same relative path>.png.
+
+    Needs Ray initialised. Returns counts per status, speed metrics and the failed files.
+    """
+    import ray
+
+    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir)
+    paths = list_images(input_dir)
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {input_dir}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ds = ray.data.from_items([{"path": str(p)} for p in paths], override_num_blocks=min(len(paths), 64))
+    ds = ds.map_batches(_ReadImage(str(input_dir)), batch_size=cfg.batch_size, num_cpus=0.1)
+    ds = restore_actors(ds, cfg, timings=True)
+
+    seconds, statuses, sampling, failed, grid = [], [], [], {}, []
+    t0 = time.time()
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for i, pair_id in enumerate(batch["pair_id"]):
+            status = str(batch["status"][i])
+            statuses.append(status)
+            seconds.append(float(batch["seconds"][i]))
+            sampling.append(float(batch["sampling_seconds"][i]))
+            if status != "ok":
+                failed[str(pair_id)] = f"{status}: {batch['error'][i]}"
+                log.warning("%s: %s", pair_id, failed[str(pair_id)])
+                continue
+            out = (output_dir / str(pair_id)).with_suffix(".png")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(bytes(batch["restored"][i]))
+            if len(grid) < GRID_ROWS:
+                grid.append([Image.open(input_dir / str(pair_id)), Image.open(out)])
+    wall = time.time() - t0
+    metrics = speed_metrics(seconds, statuses, cfg.sampler.num_steps, sampling) | {"wall_seconds": wall}
+    if run is not None:
+        run.log_metrics(metrics)
+        log_grid(run, grid, ["LQ", "restored"])
+        if failed:
+            run.log_dict(failed, "failed.json")
+    return {"metrics": metrics, "failed": failed, "output": str(output_dir)}
+
+
+# ---------------------------------------------------------------------------------------------
+# the lake: pairs -> restorations (called by the full pipeline)
+
+def run_restore(ctx, cfg: Optional[RestoreConfig] = None) -> dict[str, int]:
+    """The `restore` stage of the full pipeline: ok rows of `pairs` -> `restorations` (cached, resumable)."""
+    from pipelines.common import run_stage
+
+    cfg = cfg or ctx.cfg.restore
+    return run_stage(
+        ctx,
+        stage="restore",
+        table="restorations",
+        inputs=["pairs"],
+        section=cfg,
+        code=code_digest(restore_mod, sampler_mod, tiling_mod, colorfix_mod),
+        input_table="pairs",
+        key="pair_id",
+        fn=Restorer,
+        batch_size=cfg.batch_size,
+        actors=cfg.actors,
+        num_gpus=cfg.num_gpus_per_actor if cluster_has_gpus() else 0,
+        columns=["pair_id", "lq", "caption", "scale", "status"],
+        where=("status", "ok"),
+        finalize=lambda run: log_lake_restorations(ctx.lake, cfg, run),
+    )
+
+
+def log_lake_restorations(lake, cfg: RestoreConfig, run: RunRef) -> dict[str, float]:
+    """Speed metrics of this run's rows and a grid LQ | restored | HQ of the first few pairs."""
+    import pyarrow.compute as pc
+
+    rows = lake.read("restorations", columns=["pair_id", "run_id", "status", "seconds"])
+    rows = rows.filter(pc.equal(rows.column("run_id"), cfg.resolved_run_id()))
+    metrics = speed_metrics(rows.column("seconds").to_pylist(), rows.column("status").to_pylist(),
+                            cfg.sampler.num_steps)
+    run.log_metrics(metrics)
+    ok = [p for p, s in zip(rows.column("pair_id").to_pylist(), rows.column("status").to_pylist()) if s == "ok"]
+    ok = sorted(ok)[:GRID_ROWS]
+    if ok:
+        restored = lake.read("restorations", columns=["pair_id", "run_id", "restored"])
+        restored = restored.filter(pc.and_(pc.is_in(restored.column("pair_id"), value_set=_arr(ok)),
+                                           pc.equal(restored.column("run_id"), cfg.resolved_run_id())))
+        pairs = lake.read("pairs", columns=["pair_id", "lq", "hq"])
+        pairs = pairs.filter(pc.is_in(pairs.column("pair_id"), value_set=_arr(ok)))
+        by_id = {p: {} for p in ok}
+        for t, cols in ((pairs, ("lq", "hq")), (restored, ("restored",))):
+            for r in t.to_pylist():
+                by_id[r["pair_id"]].update({c: r[c] for c in cols})
+        grid = [[Image.open(io.BytesIO(by_id[p][c])) for c in ("lq", "restored", "hq") if by_id[p].get(c)]
+                for p in ok]
+        log_grid(run, grid, ["LQ", "restored", "HQ"])
+    return metrics
+
+
+def _arr(values: list[str]):
+    import pyarrow as pa
+
+    return pa.array(values, type=pa.string())
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="Restore a folder of photos with SUPIR into PNGs.")
+    ap.add_argument("--model", required=True, help="checkpoint folder (model/checkpoint.py) or models:/ URI")
+    ap.add_argument("--input", required=True, help="folder of images (searched recursively)")
+    ap.add_argument("--output", required=True, help="folder for the restored PNGs (same relative paths)")
+    ap.add_argument("--prior", default=None, help="load the SDXL prior from here instead of the recorded source")
+    ap.add_argument("--steps", type=int, help="sampling steps (default 50)")
+    ap.add_argument("--upscale", type=int, help="output size / input size (default 1)")
+    ap.add_argument("--min-size", type=int, help="short side raised to at least this (default 1024)")
+    ap.add_argument("--seed", type=int, help="sampling seed (default 0)")
+    ap.add_argument("--prompt", help="positive prompt appended to each image's caption")
+    ap.add_argument("--negative-prompt", help="negative-quality prompt")
+    ap.add_argument("--cfg-scale", type=float, help="CFG scale at sigma 0 (default 4.0)")
+    ap.add_argument("--tau-r", type=float, help="restoration guidance exponent, 0 = off (default 4.0)")
+    ap.add_argument("--control-scale", type=float, help="control scale (default 1.0)")
+    ap.add_argument("--color-fix", choices=["wavelet", "adain", "none"], help="colour fix (default wavelet)")
+    ap.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    ap.add_argument("--dtype", help="auto, float32, float16, bfloat16")
+    ap.add_argument("--actors", type=int, help="restoring actors, one model each (default 1)")
+    ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray cluster (default all)")
+    ap.add_argument("--lake", default="lake", help="where the default MLflow store lives (lake/mlflow.db)")
+    ap.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or the lake's)")
+    ap.add_argument("--experiment", default="supir")
+    ap.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar over sampling steps")
+    ap.add_argument("overrides", nargs="*", help="RestoreConfig overrides key.path=value, e.g. sampler.s_churn=0")
+    return ap.parse_args(argv)
+
+
+FLAG_KEYS = {"prior": "prior", "steps": "sampler.num_steps", "upscale": "upscale", "min_size": "min_size",
+             "seed": "sampler.seed", "prompt": "sampler.positive_prompt",
+             "negative_prompt": "sampler.negative_prompt", "cfg_scale": "sampler.cfg_scale",
+             "tau_r": "sampler.tau_r", "control_scale": "sampler.control_scale", "color_fix": "color_fix",
+             "device": "device", "dtype": "dtype", "actors": "actors"}
+
+
+def config_from_args(args: argparse.Namespace) -> RestoreConfig:
+    data: dict[str, Any] = {"model": args.model, "progress": not args.no_progress}
+    apply_overrides(data, list(args.overrides))
+    for flag, key in FLAG_KEYS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            node = data
+            *parents, last = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[last] = value
+    return from_dict(RestoreConfig, data, prefix="restore")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        tracker = Tracker(TrackingConfig(uri=args.tracking_uri, experiment=args.experiment,
+                                         enabled=not args.no_tracking), args.lake)
+    except (ConfigError, ValueError) as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    from pipelines.common import init_ray
+    from pipelines.config import RayConfig
+
+    init_ray(RayConfig(num_cpus=args.num_cpus, progress_bars=not args.no_progress))
+    with tracker.pipeline("restore-folder", {"restore": to_dict(cfg), "input": args.input, "output": args.output}):
+        with tracker.stage("restore", params=to_dict(cfg)) as run:
+            result = restore_folder(cfg, args.input, args.output, run)
+    m = result["metrics"]
+    print(f"restored {int(m['ok'])}/{int(m['images'])} images into {result['output']}"
+          + (f" ({m['seconds_per_image']:.2f} s/image, {m['steps_per_second']:.2f} steps/s)" if m.get("ok") else ""))
+    for name, why in result["failed"].items():
+        print(f"  failed: {name}: {why}")
+    return 0 if m.get("ok") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

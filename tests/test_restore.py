@@ -1,0 +1,137 @@
+"""The restore stage (Ray-free Restorer) and the folder pipeline (Ray)."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from catalog.config import ConfigError
+from catalog.lake import conform
+from model.config import ModelConfig
+from model.sampler import SamplerConfig
+from model.tiling import TilingConfig
+from stages.restore import RestoreConfig, Restorer, encode_png, working_size
+
+FAST = dict(min_size=64, progress=False, sampler=SamplerConfig(num_steps=3))
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from model.supir import build_model
+
+    return build_model(ModelConfig(preset="tiny"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_model, tmp_path_factory):
+    from model.checkpoint import save_trainable
+
+    return save_trainable(tiny_model, tmp_path_factory.mktemp("ckpt") / "supir-tiny")
+
+
+def photo(seed: int, size=(40, 32)) -> bytes:
+    rng = np.random.default_rng(seed)
+    base = np.kron(rng.random((size[1] // 8, size[0] // 8, 3)), np.ones((8, 8, 1)))  # blocky, some structure
+    return encode_png(Image.fromarray((base * 255).astype(np.uint8)))
+
+
+def batch(lq: list, captions=None, scales=None) -> dict[str, np.ndarray]:
+    out = {"pair_id": np.array([f"p{i}" for i in range(len(lq))], dtype=object),
+           "lq": np.array(lq + [None], dtype=object)[:-1]}
+    if captions is not None:
+        out["caption"] = np.array(captions + [None], dtype=object)[:-1]
+    if scales is not None:
+        out["scale"] = np.array(scales, dtype=np.int32)
+    return out
+
+
+def test_working_size():
+    assert working_size(40, 32, 1, 64) == ((40, 32), (64, 64))  # 80 x 64 -> multiples of 64
+    assert working_size(500, 333, 1, 1024) == ((500, 333), (1536, 1024))
+    assert working_size(2000, 1500, 1, 1024) == ((2000, 1500), (1984, 1472))  # never shrunk, only rounded
+    assert working_size(128, 96, 4, 1024) == ((512, 384), (1344, 1024))
+
+
+def test_corrupt_rows_get_a_status_and_the_batch_completes(tiny_model):
+    r = Restorer(RestoreConfig(model="-", **FAST), model=tiny_model)
+    good = photo(0)
+    truncated = good[: len(good) // 2]
+    out = r(batch([good, b"not an image at all", truncated, None, photo(1, (48, 24))],
+                  captions=["a red house", None, None, None, ""], scales=[2, 1, 1, 1, 1]))
+    assert list(out["status"]) == ["ok", "decode_error", "decode_error", "decode_error", "ok"]
+    assert all(e for e in out["error"][1:4]) and out["error"][0] is None
+    assert Image.open(io.BytesIO(out["restored"][0])).size == (80, 64)  # the row's scale 2
+    assert Image.open(io.BytesIO(out["restored"][4])).size == (48, 24)
+    assert len(set(out["run_id"])) == 1 and set(out["method"]) == {"supir"}
+    assert json.loads(out["params"][0])["sampler"]["num_steps"] == 3
+    assert (out["seconds"] > 0).all()
+    table = conform("restorations", pa.table({k: list(v) for k, v in out.items()}))  # the lake's schema
+    assert table.num_rows == 5
+
+
+def test_same_seed_same_output(tiny_model):
+    img = photo(2)
+    a = Restorer(RestoreConfig(model="-", **FAST), model=tiny_model)(batch([img, img]))
+    b = Restorer(RestoreConfig(model="-", **FAST), model=tiny_model)(batch([img]))
+    assert a["restored"][0] == b["restored"][0]  # same seed, same pair_id: same bytes
+    assert a["restored"][0] != a["restored"][1]  # the pair_id seeds the noise
+    other = dict(FAST, sampler=SamplerConfig(num_steps=3, seed=1))
+    c = Restorer(RestoreConfig(model="-", **other), model=tiny_model)(batch([img]))
+    assert c["restored"][0] != a["restored"][0]
+
+
+def test_tiled_path_and_checkpoint_loading(checkpoint):
+    tiles = TilingConfig(tile_size=8, tile_stride=4, encoder_tile_size=64, encoder_tile_overlap=16,
+                         decoder_tile_size=8, decoder_tile_overlap=2)
+    cfg = RestoreConfig(model=str(checkpoint), tiling=tiles, color_fix="adain", device="cpu",
+                        **dict(FAST, min_size=128, sampler=SamplerConfig(num_steps=2)))
+    r = Restorer(cfg, timings=True)  # loads the saved checkpoint
+    out = r(batch([photo(3, (64, 48))], captions=["a photo"]))
+    assert list(out["status"]) == ["ok"], out["error"]
+    assert r.last_info["sampling_size"] == (192, 128)  # latent 24 x 16: 5 x 3 tiles of 8
+    assert out["sampling_seconds"][0] > 0
+    assert Image.open(io.BytesIO(out["restored"][0])).size == (64, 48)
+
+
+def test_restore_config_checks():
+    with pytest.raises(ConfigError, match="restore.color_fix"):
+        RestoreConfig(color_fix="magic")
+    with pytest.raises(ConfigError, match="restore.min_size"):
+        RestoreConfig(min_size=100)
+    assert RestoreConfig().resolved_run_id() == RestoreConfig().resolved_run_id()
+    assert RestoreConfig().resolved_run_id() != RestoreConfig(sampler=SamplerConfig(tau_r=0)).resolved_run_id()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_restore_folder_pipeline(checkpoint, tmp_path):
+    from mlflow import MlflowClient
+
+    from pipelines.restore import main
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.png").write_bytes(photo(4))
+    Image.open(io.BytesIO(photo(5, (32, 40)))).save(src / "sub" / "b.jpg")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    out = tmp_path / "out"
+    lake = tmp_path / "lake"
+    rc = main(["--model", str(checkpoint), "--input", str(src), "--output", str(out), "--steps", "2",
+               "--min-size", "64", "--num-cpus", "2", "--lake", str(lake), "--no-progress", "sampler.s_churn=0"])
+    assert rc == 0
+    assert Image.open(out / "a.png").size == (40, 32)
+    assert Image.open(out / "sub" / "b.png").size == (32, 40)
+    assert not (out / "broken.png").exists()
+    client = MlflowClient(tracking_uri=f"sqlite:///{lake.resolve() / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("supir")
+    stage = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("stage") == "restore"][0]
+    m = stage.data.metrics
+    assert m["ok"] == 2 and m["status.decode_error"] == 1
+    assert m["seconds_per_image"] > 0 and m["steps_per_second"] > 0
+    assert stage.data.params["sampler.num_steps"] == "2"
+    names = [a.path for a in client.list_artifacts(stage.info.run_id)]
+    assert "restore_grid.png" in names and "failed.json" in names
