@@ -89,7 +89,7 @@ def main() -> None:
         if args.model:
             models = {args.model: args.model}
         else:
-            from tiny_llava import build_tiny_llava
+            from model.tiny_llava import build_tiny_llava
 
             models = {f"tiny-llava-{s}": str(build_tiny_llava(Path(tmp) / s, size=s))
                       for s in args.sizes}

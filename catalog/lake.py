@@ -11,6 +11,11 @@ also carries two small JSON files that make stages cacheable and resumable:
   A rerun whose spec matches a manifest is skipped (cache hit).
 
 A rerun with a different spec clears the table and starts fresh. Nothing here imports Ray.
+
+A table may be split into partitions, ``<table>/<partition>`` (for example ``pairs/degraded``
+and ``pairs/negative``, or ``restorations/<run_id>``), each written by one stage with its own
+manifest; reading ``<table>`` reads every partition. Partition folders carry no ``key=value``
+so that readers never add a column from the path.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ def conform(table_name: str, data: pa.Table) -> pa.Table:
     Missing nullable columns are filled with nulls; a missing non-nullable column, a null in a
     non-nullable column, a column that cannot be cast, or an unknown column is a SchemaError.
     """
+    table_name = base_table(table_name)
     schema = TABLES[table_name]
     extras = EXTRA_PREFIXES.get(table_name, {})
     unknown = [
@@ -70,6 +76,11 @@ def conform(table_name: str, data: pa.Table) -> pa.Table:
             arrays.append(data.column(c).cast(extras[prefix]))
             fields.append(pa.field(c, extras[prefix]))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def base_table(table: str) -> str:
+    """``"pairs/negative"`` -> ``"pairs"``: the table a partition belongs to."""
+    return table.split("/", 1)[0]
 
 
 def code_digest(*modules: Any) -> str:
@@ -122,11 +133,11 @@ class Lake:
         return f"{self.root.rstrip('/')}/{table}"
 
     def files(self, table: str) -> list[str]:
-        """Finished part files of a table, sorted (never ``.tmp`` files)."""
+        """Finished part files of a table or partition, all partitions included, sorted (never ``.tmp``)."""
         info = self.fs.get_file_info(self.path(table))
         if info.type != pafs.FileType.Directory:
             return []
-        sel = pafs.FileSelector(self.path(table), recursive=False)
+        sel = pafs.FileSelector(self.path(table), recursive=True)
         return sorted(i.path for i in self.fs.get_file_info(sel) if i.path.endswith(".parquet"))
 
     def exists(self, table: str) -> bool:
@@ -136,7 +147,8 @@ class Lake:
     def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
         files = self.files(table)
         if not files:
-            return TABLES[table].empty_table() if columns is None else TABLES[table].empty_table().select(columns)
+            empty = TABLES[base_table(table)].empty_table()
+            return empty if columns is None else empty.select(columns)
         parts = [pq.read_table(f, columns=columns, filesystem=self.fs) for f in files]
         return pa.concat_tables(parts, promote_options="default")
 

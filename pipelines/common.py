@@ -78,17 +78,35 @@ class LakeWriter:
         return pa.table({"status": [str(v["values"]) for v in vc], "n": [int(v["counts"]) for v in vc]})
 
 
-class _Pending:
-    """Task-based filter: keeps rows matching ``where`` whose key is not done yet."""
+class StageActor:
+    """Holds one stage instance per Ray actor.
 
-    def __init__(self, key: str, done: list, where: Optional[tuple[str, str]] = None):
-        self.key, self.done, self.where = key, done, where
+    Ray Data wraps every method of a callable class to run on one thread; a stage whose
+    ``__call__`` calls its own methods from worker threads (a fetcher's thread pool) would then
+    wait on itself. Holding the stage inside a plain attribute keeps its methods unwrapped.
+    """
+
+    def __init__(self, cls: type, section: Any):
+        self.stage = cls(section)
+
+    def __call__(self, batch):
+        return self.stage(batch)
+
+
+class _Pending:
+    """Task-based filter: keeps rows matching ``where`` (and whose key is in ``allow``) not done yet."""
+
+    def __init__(self, key: str, done: list, where: Optional[tuple[str, str]] = None, allow: Optional[list] = None):
+        self.key, self.done, self.where, self.allow = key, done, where, allow
 
     def __call__(self, block: pa.Table) -> pa.Table:
         mask = None
         if self.where is not None:
             col, value = self.where
             mask = pc.equal(block.column(col), value)
+        if self.allow is not None:
+            ok = pc.is_in(block.column(self.key), value_set=pa.array(self.allow, type=block.schema.field(self.key).type))
+            mask = ok if mask is None else pc.and_(mask, ok)
         if self.done:
             fresh = pc.invert(pc.is_in(block.column(self.key), value_set=pa.array(self.done, type=block.schema.field(self.key).type)))
             mask = fresh if mask is None else pc.and_(mask, fresh)
@@ -110,8 +128,10 @@ def run_stage(
     actors: int = 1,
     num_gpus: float = 0,
     num_cpus: float = 1,
+    batch_format: str = "numpy",
     columns: Optional[list[str]] = None,
     where: Optional[tuple[str, str]] = None,
+    allow: Optional[list] = None,
     status_column: str = "status",
     finalize: Optional[Callable[[RunRef], None]] = None,
     counts: Optional[Callable[[], dict[str, int]]] = None,
@@ -119,8 +139,8 @@ def run_stage(
     """Run one map stage: cached when nothing changed, resumed when killed, else fresh.
 
     ``fn(section)`` is the stage's callable class; it maps batches of ``input_table`` rows
-    (``columns``, filtered by ``where``) to rows of ``table``; ``key`` identifies an input row
-    in the output (for resume). ``finalize`` runs global passes once all rows are written.
+    (``columns``, filtered by ``where`` and by ``allow``, a list of accepted keys) to rows of
+    ``table``; ``key`` identifies an input row in the output (for resume). ``finalize`` runs global passes once all rows are written.
     """
     import ray
     from ray.data import ActorPoolStrategy
@@ -143,16 +163,19 @@ def run_stage(
         files = lake.files(input_table)
         if files:
             ds = ray.data.read_parquet(files, columns=columns, filesystem=lake.fs, override_num_blocks=len(files))
-            ds = ds.map_batches(_Pending(key, done, where), batch_format="pyarrow", batch_size=None)
+            # light tasks get a fraction of a CPU so that they never wait behind the stage's actors
+            ds = ds.map_batches(_Pending(key, done, where, allow), batch_format="pyarrow", batch_size=None, num_cpus=0.1)
             ds = ds.map_batches(
-                fn,
-                fn_constructor_args=(section,),
+                StageActor,
+                fn_constructor_args=(fn, section),
                 batch_size=batch_size,
+                batch_format=batch_format,
                 compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
                 num_gpus=num_gpus,
                 num_cpus=num_cpus,
             )
-            ds = ds.map_batches(LakeWriter(lake.root, table, status_column), batch_format="pyarrow", batch_size=None)
+            ds = ds.map_batches(LakeWriter(lake.root, table, status_column), batch_format="pyarrow", batch_size=None,
+                                num_cpus=0.1)
             for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 processed += int(pc.sum(b.column("n")).as_py() or 0)
         if finalize is not None:

@@ -17,11 +17,13 @@ import yaml
 
 from catalog.config import ConfigError, apply_overrides, check, from_dict, load_yaml, to_dict
 from catalog.tracking import TrackingConfig
+from stages.caption import CaptionConfig
 from stages.crawl import CrawlConfig
+from stages.degrade import DegradeConfig
 from stages.filter import FilterConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("crawl", "filter")  # the stages that exist, in DAG order
+STAGES = ("crawl", "filter", "caption", "degrade")  # the stages that exist, in DAG order
 
 
 @dataclass
@@ -52,6 +54,8 @@ class RunConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     crawl: CrawlConfig = field(default_factory=CrawlConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
 
     def __post_init__(self):
         for s in self.stages:

@@ -5,7 +5,8 @@
 
 DAG (only stages that exist are in it):
 
-    crawl -> filter
+    crawl -> filter -> caption
+                    -> degrade
 """
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 
 from catalog.config import ConfigError, to_dict
 from catalog.lake import Lake
+from catalog.schemas import TABLES
 from catalog.tracking import Tracker
 from pipelines.common import Context, init_ray
 from pipelines.config import config_yaml, load_config, parse_args
+from pipelines.data import run_caption, run_degrade
 from pipelines.ingest import preflight, run_crawl, run_filter
 
 log = logging.getLogger("supir")
@@ -30,6 +33,8 @@ log = logging.getLogger("supir")
 STAGE_RUNNERS = {
     "crawl": run_crawl,
     "filter": run_filter,
+    "caption": run_caption,
+    "degrade": run_degrade,
 }
 
 
@@ -61,7 +66,7 @@ def print_summary(ctx: Context, results: dict, seconds: float) -> None:
     print(f"\nSUPIR pipeline finished in {seconds:.1f} s")
     for stage, counts in results.items():
         print(f"  {stage:8s} {counts}")
-    print(f"\nLake tables:   {lake.uri('')}  ({', '.join(t for t in ('sources', 'images', 'filtered') if lake.exists(t))})")
+    print(f"\nLake tables:   {lake.uri('').rstrip('/')}  ({', '.join(t for t in TABLES if lake.exists(t))})")
     if ctx.tracker.enabled:
         print(f"MLflow store:  {ctx.tracker.uri}")
         print(f"  browse:      mlflow ui --backend-store-uri {ctx.tracker.uri}")

@@ -13,10 +13,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import stages.crawl as crawl_mod
+import stages.crawl_http as crawl_http_mod
+import stages.crawl_sources as crawl_sources_mod
 import stages.filter as filter_mod
 from catalog.lake import StageSpec, code_digest
 from pipelines.common import Context, run_stage
-from stages.crawl import Fetcher, mark_duplicates, read_sources
+from stages.crawl import Fetcher, apply_duplicates, mark_duplicates, read_sources
 from stages.filter import Filterer, check_iqa_available, near_duplicates
 
 log = logging.getLogger("supir")
@@ -47,16 +49,9 @@ def _dedupe_images(ctx: Context, run) -> None:
         return
 
     def fix(part: pa.Table):
-        rows = part.column("row").to_pylist()
-        if not any(r in dups for r in rows):
+        if not any(r in dups for r in part.column("row").to_pylist()):
             return None
-        is_dup = pa.array([r in dups for r in rows])
-        status = pc.if_else(is_dup, "duplicate", part.column("status"))
-        error = pa.array([f"duplicate_of_row:{dups[r]}" if r in dups else e for r, e in zip(rows, part.column("error").to_pylist())], pa.string())
-        data = pc.if_else(is_dup, pa.scalar(None, pa.binary()), part.column("bytes"))
-        part = part.set_column(part.schema.get_field_index("status"), "status", status)
-        part = part.set_column(part.schema.get_field_index("error"), "error", error)
-        return part.set_column(part.schema.get_field_index("bytes"), "bytes", data)
+        return apply_duplicates(part, dups)
 
     n = lake.rewrite_parts("images", fix)
     log.info("crawl: %d exact duplicates marked in %d parts", len(dups), n)
@@ -71,11 +66,12 @@ def run_crawl(ctx: Context) -> dict[str, int]:
         table="images",
         inputs=["sources"],
         section=cfg,
-        code=code_digest(crawl_mod),
+        code=code_digest(crawl_mod, crawl_http_mod, crawl_sources_mod),
         input_table="sources",
         key="row",
         fn=Fetcher,
         batch_size=cfg.shard_rows,
+        batch_format="pyarrow",
         actors=cfg.workers,
         num_cpus=cfg.cpus_per_worker,
         finalize=lambda run: _dedupe_images(ctx, run),

@@ -32,6 +32,10 @@ class DegradeConfig:
     scale: int = 4
     # SUPIR mode: resize the LQ back to gt_size (bicubic) so LQ and HQ have the same size
     lq_resize_to_gt: bool = False
+    # images per batch handed to one Degrader call (the pipeline's Ray batch size)
+    batch_size: int = 8
+    # Degrader actors in the Ray actor pool (at most); each uses one CPU
+    workers: int = 2
 
     # --- GT unsharp masking (Real-ESRGAN's USMSharp; the HQ target and the input of degradation)
     usm_sharpen_gt: bool = True
@@ -119,6 +123,8 @@ class DegradeConfig:
         p = "degrade"
         check(self.seed >= 0, f"{p}.seed", self.seed, "an integer >= 0")
         check(self.variants_per_image >= 1, f"{p}.variants_per_image", self.variants_per_image, "an integer >= 1")
+        check(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, "an integer >= 1")
+        check(self.workers >= 1, f"{p}.workers", self.workers, "an integer >= 1")
         check(self.scale in (1, 2, 4, 8), f"{p}.scale", self.scale, "one of 1, 2, 4, 8")
         check(
             self.gt_size >= 16 and self.gt_size % max(self.scale, 4) == 0,

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image
-from tiny_llava import build_tiny_llava  # tests/ is on sys.path under pytest
+from model.tiny_llava import build_tiny_llava
 
 from catalog.config import ConfigError, from_dict
 from catalog.schemas import CAPTIONS, image_id_of

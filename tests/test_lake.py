@@ -90,3 +90,23 @@ def test_content_keys():
     assert image_id_of(b"x") == "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
     assert pair_id_of("a", "degraded", 0) != pair_id_of("a", "degraded", 1)
     assert len(pair_id_of("a", "negative")) == 32
+
+
+def test_partitions_have_their_own_manifests_and_read_together(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    rows = lambda kind, n: pa.table({"pair_id": [f"{kind}{i}" for i in range(n)], "image_id": ["i"] * n,
+                                     "kind": [kind] * n, "status": ["ok"] * n})
+    deg = StageSpec("degrade", "pairs/degraded", {}, "c1", "k")
+    neg = StageSpec("negatives", "pairs/negative", {}, "c1", "k")
+    assert lake.begin(deg) == "fresh"
+    lake.write_part("pairs/degraded", rows("degraded", 3))
+    lake.finish(deg, {"ok": 3})
+    assert lake.begin(neg) == "fresh"
+    lake.write_part("pairs/negative", rows("negative", 2))
+    lake.finish(neg, {"ok": 2})
+    # a changed negatives config clears only its own partition
+    d = lake.digest("pairs")
+    assert lake.begin(StageSpec("negatives", "pairs/negative", {}, "c2", "k")) == "fresh"
+    assert lake.read("pairs").num_rows == 3 and lake.digest("pairs") != d
+    assert lake.begin(deg) == "cached"
+    assert lake.done_keys("pairs/degraded", "pair_id") == {"degraded0", "degraded1", "degraded2"}

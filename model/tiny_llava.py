@@ -9,7 +9,7 @@ Nothing is downloaded: the tokenizer is a byte-level BPE trained in-process on a
 the vision tower is a tiny CLIP, the language model a tiny Llama, all randomly initialised from
 a seed. Random weights generate gibberish tokens; that is all the tests need.
 
-    python tests/tiny_llava.py /tmp/tiny-llava [--size small]
+    python -m model.tiny_llava /tmp/tiny-llava [--size small]
 """
 from __future__ import annotations
 

@@ -1,0 +1,119 @@
+"""Training-data stage group: filtered images -> captions, and filtered images -> degraded pairs.
+
+    caption   Captioner actors (LLaVA, GPU when configured) or the alt-text captioner -> `captions`
+    degrade   Degrader actors (Real-ESRGAN / BSRGAN, seeded per pair) -> `pairs/degraded`
+
+Both read the kept rows of `filtered` joined with their bytes in `images`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+
+import stages.caption as caption_mod
+import stages.degrade as degrade_mod
+import stages.degrade_apply as degrade_apply_mod
+import stages.degrade_config as degrade_config_mod
+import stages.degrade_draw as degrade_draw_mod
+import stages.degrade_kernels as degrade_kernels_mod
+import stages.degrade_ops as degrade_ops_mod
+from catalog.lake import code_digest
+from pipelines.common import Context, run_stage
+from stages.caption import CaptionConfig, captioner_class
+from stages.degrade import Degrader, preview_grid, summarize_params
+
+log = logging.getLogger("supir")
+
+TINY_RANDOM = "tiny-random"  # caption.model value: a tiny random-init LLaVA built offline (demo, CI)
+
+
+def kept_image_ids(ctx: Context) -> list[str]:
+    t = ctx.lake.read("filtered", columns=["image_id", "keep"])
+    return t.filter(pc.equal(t.column("keep"), True)).column("image_id").to_pylist()
+
+
+def resolve_captioner(ctx: Context) -> CaptionConfig:
+    """The caption config with ``model: tiny-random`` replaced by a built, saved tiny LLaVA."""
+    cfg = ctx.cfg.caption
+    if cfg.captioner != "llava" or cfg.model != TINY_RANDOM:
+        return cfg
+    if not ctx.lake.local:
+        raise ValueError("caption.model = 'tiny-random' needs a local lake folder to save the tiny model in")
+    from model.tiny_llava import build_tiny_llava
+
+    folder = Path(ctx.lake.path("_models")) / f"tiny-llava-seed{cfg.seed}"
+    if not (folder / "config.json").exists():
+        build_tiny_llava(folder, size="tiny", seed=cfg.seed)
+    return dataclasses.replace(cfg, model=str(folder))
+
+
+def run_caption(ctx: Context) -> dict[str, int]:
+    cfg = resolve_captioner(ctx)
+
+    def finalize(run):
+        t = ctx.lake.read("captions", columns=["image_id", "caption", "status", "seconds", "new_tokens"])
+        ok = t.filter(pc.equal(t.column("status"), "ok"))
+        secs = float(pc.sum(t.column("seconds")).as_py() or 0.0)
+        tokens = int(pc.sum(t.column("new_tokens")).as_py() or 0)
+        run.log_metrics({"images_per_s": t.num_rows / max(secs, 1e-9), "tokens_per_s": tokens / max(secs, 1e-9),
+                         "mean_new_tokens": tokens / max(ok.num_rows, 1)})
+        if ok.num_rows:
+            run.log_table(ok.select(["image_id", "caption"]).slice(0, 50).to_pandas(), "example_captions.json")
+
+    return run_stage(
+        ctx,
+        stage="caption",
+        table="captions",
+        inputs=["filtered", "images"],
+        section=cfg,
+        code=code_digest(caption_mod),
+        input_table="images",
+        key="image_id",
+        columns=["image_id", "bytes", "alt_text"],
+        allow=kept_image_ids(ctx),
+        fn=captioner_class(cfg),
+        batch_size=cfg.batch_size,
+        actors=cfg.actors,
+        num_gpus=cfg.num_gpus_per_actor if cfg.captioner == "llava" else 0,
+        finalize=finalize,
+    )
+
+
+def run_degrade(ctx: Context) -> dict[str, int]:
+    cfg = ctx.cfg.degrade
+
+    def finalize(run):
+        t = ctx.lake.read("pairs/degraded", columns=["params", "status"])
+        ok = t.filter(pc.equal(t.column("status"), "ok"))
+        stats = summarize_params(ok.column("params").to_pylist())
+        run.log_metrics({f"params.{k}": v for k, v in stats.items()})
+        sample = ctx.lake.read("pairs/degraded", columns=["pair_id", "status", "hq", "lq"])
+        sample = sample.filter(pc.equal(sample.column("status"), "ok")).sort_by("pair_id").slice(0, 16)
+        if sample.num_rows:
+            batch = {c: np.asarray(sample.column(c).to_pylist(), dtype=object) for c in sample.column_names}
+            run.log_image(preview_grid(batch, n=16), "pairs_grid.png")
+        first = ok.column("params").to_pylist()[:1]
+        if first:
+            run.log_dict(json.loads(first[0]), "example_params.json")
+
+    return run_stage(
+        ctx,
+        stage="degrade",
+        table="pairs/degraded",
+        inputs=["filtered", "images"],
+        section=cfg,
+        code=code_digest(degrade_mod, degrade_config_mod, degrade_apply_mod, degrade_draw_mod, degrade_kernels_mod, degrade_ops_mod),
+        input_table="images",
+        key="image_id",
+        columns=["image_id", "bytes"],
+        allow=kept_image_ids(ctx),
+        fn=Degrader,
+        batch_size=cfg.batch_size,
+        actors=cfg.workers,
+        finalize=finalize,
+    )

@@ -1,0 +1,133 @@
+"""crawl -> filter as a Ray program: the demo, caching, resume after a kill, and `ray job submit`."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from catalog.lake import Lake
+from tests.http_faults import FaultServer, respond, slow
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _env(tmp_path):
+    # the venv's python first on PATH: `ray job submit -- python ...` runs the job's `python`
+    path = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", RAY_DEDUP_LOGS="0", PATH=path)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _write_config(tmp_path, **sections):
+    cfg = {"lake": str(tmp_path / "lake"), "ray": {"num_cpus": 2, "progress_bars": False}}
+    cfg.update(sections)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run(cmd, tmp_path, timeout=300):
+    r = subprocess.run(cmd, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return r
+
+
+def test_demo_crawl_filter_then_cache(tmp_path):
+    cfg = _write_config(tmp_path)
+    cmd = [sys.executable, "pipelines/full.py", "--config", "configs/demo.yaml", f"lake={tmp_path / 'lake'}",
+           "ray.progress_bars=false"]
+    r = _run(cmd, tmp_path)
+    lake = Lake(tmp_path / "lake")
+    samples = sorted((ROOT / "data/samples").glob("*.jpg"))
+    assert lake.status_counts("images") == {"ok": len(samples)}
+    f = lake.read("filtered")
+    assert f.num_rows == len(samples)
+    assert set(f.column("image_id").to_pylist()) == set(lake.read("images", ["image_id"]).column("image_id").to_pylist())
+    assert "iqa_piqe" in f.column_names
+    assert "Try SQL:" in r.stdout and "mlflow.db" in r.stdout
+    m1 = lake.manifest("filtered")
+    # a second run is all cache hits: manifests untouched, no new parts
+    r2 = _run(cmd, tmp_path)
+    assert "cached" in r2.stderr
+    assert lake.manifest("filtered") == m1
+    # SQL over the lake and MLflow
+    q = subprocess.run([sys.executable, "-m", "catalog.sql", "--lake", str(tmp_path / "lake"), "--csv", "--query", "status_counts"],
+                       cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert q.returncode == 0, q.stderr
+    assert "crawl,ok," in q.stdout
+
+
+def test_crawl_killed_half_way_resumes_without_refetching(tmp_path, photos):
+    data = photos[0].read_bytes()
+    n = 24
+    with FaultServer() as server:
+        urls = [server.add(f"/img/{i}.jpg", slow(0.4, respond(data + bytes([i]) * 8))) for i in range(n)]
+        (tmp_path / "urls.txt").write_text("\n".join(urls) + "\n")
+        cfg = _write_config(
+            tmp_path,
+            stages=["crawl"],
+            crawl={"sources": [str(tmp_path / "urls.txt")], "allow_private_addresses": True, "threads": 1,
+                   "shard_rows": 2, "workers": 1, "timeout_s": 5},
+        )
+        cmd = [sys.executable, "pipelines/full.py", "--config", str(cfg)]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        parts = tmp_path / "lake" / "images"
+        deadline = time.time() + 180
+        while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 3:
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        # the killed driver's local cluster
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+        finished = {r for p in parts.glob("*.parquet") for r in pq.read_table(p, columns=["url"]).column("url").to_pylist()}
+        assert 0 < len(finished) < n, "the kill should land half way"
+        before = dict(server.counts)
+        _run(cmd, tmp_path)
+        lake = Lake(tmp_path / "lake")
+        assert lake.status_counts("images") == {"ok": n}
+        assert sorted(lake.read("images", ["url"]).column("url").to_pylist()) == sorted(urls)
+        for u in finished:  # finished shards are not fetched again
+            path = "/" + u.split("/", 3)[3]
+            assert server.counts[path] == before[path] == 1
+        assert lake.manifest("images")["state"] == "resume"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit(tmp_path):
+    """`ray start --head` then `ray job submit --working-dir . -- python pipelines/full.py`."""
+    ray = str(Path(sys.executable).parent / "ray")
+    port, dash = _free_port(), _free_port()
+    env = _env(tmp_path)
+    start = subprocess.run([ray, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
+                            "--include-dashboard=true", "--disable-usage-stats"],
+                           env=env, capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stderr[-3000:]
+    try:
+        r = subprocess.run(
+            [ray, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ".", "--",
+             "python", "pipelines/full.py", "--config", "configs/demo.yaml", f"lake={tmp_path / 'lake'}",
+             "ray.progress_bars=false"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
+        assert "succeeded" in r.stdout
+        lake = Lake(tmp_path / "lake")
+        assert lake.status_counts("images") == {"ok": len(list((ROOT / "data/samples").glob("*.jpg")))}
+        assert lake.manifest("filtered") is not None
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
