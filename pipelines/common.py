@@ -93,13 +93,24 @@ class StageActor:
         return self.stage(batch)
 
 
-class _Pending:
-    """Task-based filter: keeps rows matching ``where`` (and whose key is in ``allow``) not done yet."""
+class ReadPending:
+    """Task-based reader: one lake part in, its rows matching ``where`` and ``allow`` and not yet done out.
 
-    def __init__(self, key: str, done: list, where: Optional[tuple[str, str]] = None, allow: Optional[list] = None):
-        self.key, self.done, self.where, self.allow = key, done, where, allow
+    Reading part by part (one Ray block per part) keeps the part the unit of work end to end:
+    an upstream part becomes one stage task and one output part, which is what resume skips.
+    """
 
-    def __call__(self, block: pa.Table) -> pa.Table:
+    def __init__(self, lake_root: str, columns: Optional[list[str]], key: str, done: list,
+                 where: Optional[tuple[str, str]] = None, allow: Optional[list] = None):
+        self.lake_root, self.columns, self.key = lake_root, columns, key
+        self.done, self.where, self.allow = done, where, allow
+
+    def __call__(self, batch: dict) -> pa.Table:
+        import pyarrow.parquet as pq
+
+        lake = Lake(self.lake_root)
+        tables = [pq.read_table(p, columns=self.columns, filesystem=lake.fs) for p in batch["path"]]
+        block = pa.concat_tables(tables, promote_options="default")
         mask = None
         if self.where is not None:
             col, value = self.where
@@ -162,9 +173,9 @@ def run_stage(
             log.info("%s: resuming, %d input rows already done", stage, len(done))
         files = lake.files(input_table)
         if files:
-            ds = ray.data.read_parquet(files, columns=columns, filesystem=lake.fs, override_num_blocks=len(files))
             # light tasks get a fraction of a CPU so that they never wait behind the stage's actors
-            ds = ds.map_batches(_Pending(key, done, where, allow), batch_format="pyarrow", batch_size=None, num_cpus=0.1)
+            ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
+            ds = ds.map_batches(ReadPending(lake.root, columns, key, done, where, allow), batch_size=1, num_cpus=0.1)
             ds = ds.map_batches(
                 StageActor,
                 fn_constructor_args=(fn, section),
@@ -174,8 +185,9 @@ def run_stage(
                 num_gpus=num_gpus,
                 num_cpus=num_cpus,
             )
-            ds = ds.map_batches(LakeWriter(lake.root, table, status_column), batch_format="pyarrow", batch_size=None,
-                                num_cpus=0.1)
+            # one part per stage batch: the unit a killed run does not redo
+            ds = ds.map_batches(LakeWriter(lake.root, table, status_column), batch_format="pyarrow",
+                                batch_size=batch_size, num_cpus=0.1)
             for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 processed += int(pc.sum(b.column("n")).as_py() or 0)
         if finalize is not None:

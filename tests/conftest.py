@@ -12,6 +12,10 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny models run fastest on one thread; on a shared 2-core box more threads mostly contend.
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT.parent / "shared" / "data" / "photos"
