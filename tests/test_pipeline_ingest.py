@@ -112,7 +112,9 @@ def test_ray_job_submit(tmp_path):
     """`ray start --head` then `ray job submit --working-dir . -- python pipelines/full.py`."""
     ray = str(Path(sys.executable).parent / "ray")
     port, dash = _free_port(), _free_port()
-    env = _env(tmp_path)
+    # Ray >= 2.5x starts local clusters with token authentication; the job CLI sends the token
+    # from ~/.ray/auth_token only in token mode
+    env = dict(_env(tmp_path), RAY_AUTH_MODE="token")
     start = subprocess.run([ray, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
                             "--include-dashboard=true", "--disable-usage-stats"],
                            env=env, capture_output=True, text=True, timeout=180)
