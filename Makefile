@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED ?= 1
 
-.PHONY: demo test test-fast env clean-lake bench sql
+.PHONY: demo test test-slow test-all env clean-lake sql
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,11 +27,16 @@ env: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) pipelines/full.py --config configs/demo.yaml $(ARGS)
 
+# the default suite: everything but the tests marked slow (a few minutes on 2 cores)
 test: $(VENV)/.installed
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
-test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow and not ray" $(ARGS)
+# end-to-end runs: Ray jobs, kills and resumes, multi-node, training to a loss target (CI runs these too)
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m "slow" $(ARGS)
+
+test-all: $(VENV)/.installed
+	$(PY) -m pytest -q $(ARGS)
 
 sql: $(VENV)/.installed
 	$(PY) -m catalog.sql $(ARGS)
