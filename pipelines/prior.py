@@ -1,0 +1,290 @@
+"""The prior stage group: stage 0 (a trained prior where none is pretrained) and negative-quality samples.
+
+    python pipelines/prior.py --config configs/demo.yaml [--only prior|negatives] [key.path=value ...]
+
+    prior      model.prior = "train": stages/prior_train.py trains the preset's VAE then UNet on the
+               kept images (filtered keep = true, joined with images) and their captions, into
+               <lake>/priors/<preset>-<digest>/ (a diffusers folder); the digest covers the
+               prior_train config, the model preset and seed, the input tables and the code, so
+               an unchanged rerun is a cache hit. Any other model.prior (an SDXL folder, file or
+               hub id) is used as it is, loaded and frozen: stage 0 is skipped.
+    negatives  stages/negatives.py's NegativeMaker as a Ray Data actor pool over the kept images
+               (or the HQ crops of `pairs/degraded`) -> `pairs/negative`, kind "negative".
+
+`pairs` is shared with the degrade stage through the lake's partitions: degrade writes
+`pairs/degraded`, negatives `pairs/negative`, each with its own manifest, so neither clears the
+other; reading `pairs` reads both.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+import model.sampler as sampler_mod
+import stages.degrade_apply as degrade_apply_mod
+import stages.degrade_draw as degrade_draw_mod
+import stages.negatives as negatives_mod
+import stages.prior_train as prior_train_mod
+from catalog.config import ConfigError, apply_overrides, digest, from_dict, load_yaml, to_dict
+from catalog.lake import Lake, code_digest
+from catalog.tracking import RunRef, Tracker, TrackingConfig
+from model.config import ModelConfig
+from stages.negatives import NegativeMaker, NegativesConfig, preview_grid
+from stages.prior_train import STAGE0_FILE, PriorTrainConfig, read_stage0, train_prior
+
+log = logging.getLogger("supir")
+
+TRAIN = "train"  # model.prior value that asks for stage 0
+ROOT_DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+NEGATIVES = "pairs/negative"  # this stage's partition of `pairs`
+DEGRADED = "pairs/degraded"  # the degrade stage's
+# fields of PriorTrainConfig that change where or how fast it runs, not what it learns
+_RUNTIME_FIELDS = ("device", "num_threads", "num_gpus", "output_dir", "progress", "log_every")
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 0
+
+def read_training_images(lake: Lake, captions: bool = True) -> tuple[list[str], list[bytes], list[Optional[str]]]:
+    """(image_ids, original bytes, captions) of the kept images: filtered keep = true joined with
+    images status ok, sorted by image_id; captions from ok `captions` rows (None where missing)."""
+    kept = lake.read("filtered", columns=["image_id", "keep"])
+    ids = set(kept.filter(pc.equal(kept.column("keep"), True)).column("image_id").to_pylist())
+    if not ids:
+        raise ValueError("stage 0 needs images: `filtered` has no kept rows (run crawl and filter first)")
+    found: dict[str, bytes] = {}
+    for f in lake.files("images"):
+        part = pq.read_table(f, columns=["image_id", "status", "bytes"], filesystem=lake.fs)
+        part = part.filter(pc.and_(pc.equal(part.column("status"), "ok"),
+                                   pc.is_in(part.column("image_id"), value_set=pa.array(sorted(ids), pa.string()))))
+        found.update(zip(part.column("image_id").to_pylist(), part.column("bytes").to_pylist()))
+    texts: dict[str, str] = {}
+    if captions and lake.exists("captions"):
+        c = lake.read("captions", columns=["image_id", "caption", "status"])
+        c = c.filter(pc.equal(c.column("status"), "ok"))
+        texts = dict(zip(c.column("image_id").to_pylist(), c.column("caption").to_pylist()))
+    order = sorted(found)
+    return order, [found[i] for i in order], [texts.get(i) for i in order]
+
+
+def prior_key(ctx, uses_captions: bool) -> str:
+    """Digest of everything a trained prior depends on: config, preset and seed, inputs, code."""
+    cfg, model_cfg, lake = ctx.cfg.prior_train, ctx.cfg.model, ctx.lake
+    section = {k: v for k, v in to_dict(cfg).items() if k not in _RUNTIME_FIELDS}
+    inputs = {t: lake.digest(t) for t in ("filtered", "images") + (("captions",) if uses_captions else ())}
+    code = code_digest(prior_train_mod, sampler_mod)
+    return digest({"prior_train": section, "preset": model_cfg.preset, "seed": model_cfg.seed,
+                   "inputs": inputs, "code": code})[:16]
+
+
+def priors_dir(ctx) -> Path:
+    cfg = ctx.cfg.prior_train
+    if cfg.output_dir:
+        return Path(cfg.output_dir)
+    if not ctx.lake.local:
+        raise ConfigError(f"prior_train.output_dir = '' is not allowed with lake = {ctx.cfg.lake!r}: a trained prior is "
+                          "a local diffusers folder; set prior_train.output_dir to a folder every worker can read")
+    return Path(ctx.lake.base) / "priors"
+
+
+def _train_task(cfg: PriorTrainConfig, model_cfg: ModelConfig, images, captions, out_dir: str,
+                run: Optional[RunRef]) -> str:
+    return str(train_prior(cfg, model_cfg, images, captions, out_dir, run))
+
+
+def run_prior(ctx) -> Optional[str]:
+    """The prior of this run: stage 0's trained folder for model.prior = "train" (cached by digest),
+    else model.prior unchanged (an SDXL folder, file or hub id; null: the seeded random prior)."""
+    model_cfg = ctx.cfg.model
+    if model_cfg.prior != TRAIN:
+        log.info("prior: %s (pretrained, frozen; stage 0 skipped)", model_cfg.prior or "random weights")
+        return model_cfg.prior
+    cfg = ctx.cfg.prior_train
+    uses_captions = cfg.captions == "captions"
+    folder = priors_dir(ctx) / f"{model_cfg.preset}-{prior_key(ctx, uses_captions)}"
+    params = {"prior_train": to_dict(cfg), "model.preset": model_cfg.preset, "model.seed": model_cfg.seed,
+              "folder": str(folder)}
+    done = read_stage0(folder)
+    with ctx.tracker.stage("prior", params=params, state="cached" if done else "fresh") as run:
+        if done is not None:
+            log.info("prior: cached %s", folder)
+            run.log_metrics({"cached": 1, "psnr_heldout": done["vae"]["psnr_heldout"]})
+            return str(folder)
+        ids, images, captions = read_training_images(ctx.lake, uses_captions)
+        log.info("prior: stage 0 on %d images -> %s", len(ids), folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        args = (cfg, model_cfg, images, captions, str(folder), run if run.enabled else None)
+        if _ray_ready():
+            import ray
+
+            gpus = cfg.num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
+            task = ray.remote(num_cpus=1, num_gpus=gpus)(_train_task)
+            ray.get(task.remote(*args))
+        else:
+            _train_task(*args)
+        result = read_stage0(folder)
+        run.log_metrics({"cached": 0, "images": len(ids), "psnr_heldout": result["vae"]["psnr_heldout"],
+                         "unet_eval_loss": result["unet"]["eval_loss"]})
+        return str(folder)
+
+
+def _ray_ready() -> bool:
+    try:
+        import ray
+    except ImportError:
+        return False
+    return ray.is_initialized()
+
+
+def resolve_model_config(ctx, prior: Optional[str]) -> ModelConfig:
+    """ctx.cfg.model with ``prior`` in place of "train" (what build_model and the trainer load)."""
+    return dataclasses.replace(ctx.cfg.model, prior=prior)
+
+
+# ---------------------------------------------------------------------------------------------
+# negatives: the `pairs/negative` partition (the degrade stage owns `pairs/degraded`)
+
+def negatives_config(ctx, prior: Optional[str]) -> NegativesConfig:
+    """ctx.cfg.negatives with the run's prior filled in (its own ``prior`` wins when set)."""
+    cfg = ctx.cfg.negatives
+    source = cfg.prior or prior
+    if not source or source == TRAIN:
+        raise ConfigError("negatives need a trained or pretrained prior: model.prior = null is not allowed with the "
+                          "negatives stage (set model.prior to an SDXL folder, file or hub id, or to 'train')")
+    run_degrade = getattr(ctx.cfg, "degrade", None)
+    if cfg.like_pairs and run_degrade is not None:  # negatives shaped like the degraded pairs
+        cfg = dataclasses.replace(cfg, degrade=run_degrade, crop_size=run_degrade.gt_size)
+    return dataclasses.replace(cfg, prior=source, preset=ctx.cfg.model.preset)
+
+
+def run_negatives(ctx, prior: Optional[str] = None) -> dict[str, int]:
+    """The negatives stage: kept images (or `pairs/degraded` HQ crops) -> `pairs/negative` (cached, resumable).
+
+    ``prior``: the run's prior (run_prior's result); default: run_prior(ctx)."""
+    from pipelines.common import run_stage
+
+    lake = ctx.lake
+    prior = run_prior(ctx) if prior is None else prior
+    cfg = negatives_config(ctx, prior)
+    gpus = cfg.num_gpus_per_actor if _cluster_has_gpus() else 0
+    if cfg.source == "images":
+        # every variant of an image is made in one call, so image_id is an exact resume key
+        kept = lake.read("filtered", columns=["image_id", "keep"])
+        source = dict(inputs=["filtered", "images"], input_table="images", columns=["image_id", "bytes", "status"],
+                      where=("status", "ok"),
+                      allow=kept.filter(pc.equal(kept.column("keep"), True)).column("image_id").to_pylist())
+    else:
+        source = dict(inputs=[DEGRADED], input_table=DEGRADED, columns=["pair_id", "image_id", "hq", "status"],
+                      where=("status", "ok"))
+    return run_stage(
+        ctx,
+        stage="negatives",
+        table=NEGATIVES,
+        section=cfg,
+        code=code_digest(negatives_mod, prior_train_mod, sampler_mod, degrade_apply_mod, degrade_draw_mod),
+        key="image_id",
+        fn=NegativeMaker,
+        batch_size=cfg.batch_size,
+        actors=cfg.actors,
+        num_gpus=gpus,
+        finalize=lambda run: log_negatives(lake, cfg, run),
+        **source,
+    )
+
+
+def _cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def log_negatives(lake: Lake, cfg: NegativesConfig, run: RunRef) -> None:
+    """PSNR of the samples against their sources, and a grid (source | negative | lq) artifact."""
+    t = lake.read(NEGATIVES, columns=["pair_id", "status", "hq", "lq", "params"])
+    ok = t.filter(pc.equal(t.column("status"), "ok")).sort_by("pair_id")
+    dist = [json.loads(p)["negative"]["psnr_to_source"] for p in ok.column("params").to_pylist()]
+    if dist:
+        run.log_metrics({"psnr_to_source_mean": sum(dist) / len(dist), "psnr_to_source_min": min(dist)})
+    if not (run.enabled and cfg.grid_rows and ok.num_rows):
+        return
+    rows = ok.slice(0, cfg.grid_rows).to_pydict()
+    sources: dict[str, bytes] = {}
+    keys = [json.loads(p)["negative"]["source"] for p in rows["params"]]
+    if cfg.source == "pairs":
+        src = lake.read(DEGRADED, columns=["pair_id", "hq"])
+        src = src.filter(pc.is_in(src.column("pair_id"), value_set=pa.array(keys, pa.string())))
+        sources = dict(zip(src.column("pair_id").to_pylist(), src.column("hq").to_pylist()))
+    run.log_image(preview_grid(rows, sources, n=cfg.grid_rows), "negatives_grid.png")
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+@dataclass
+class PriorRunConfig:
+    """The sections of a run config this command reads (full.py checks the others)."""
+
+    lake: str = "lake"
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    ray: Any = None  # pipelines.config.RayConfig; typed below (its module imports every stage)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(prior=TRAIN))
+    prior_train: PriorTrainConfig = field(default_factory=PriorTrainConfig)
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
+
+
+def load_prior_config(path: Optional[str], overrides: Sequence[str] = ()) -> PriorRunConfig:
+    from pipelines.config import RayConfig
+
+    data = apply_overrides(load_yaml(path) if path else {}, overrides)
+    sections = {f.name for f in dataclasses.fields(PriorRunConfig)}
+    sub = {k: v for k, v in data.items() if k in sections}
+    ray_section = sub.pop("ray", None)
+    cfg = from_dict(PriorRunConfig, sub, prefix="")
+    cfg.ray = from_dict(RayConfig, ray_section or {}, prefix="ray")
+    return cfg
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from pipelines.common import Context, init_ray
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ap = argparse.ArgumentParser(description="Stage 0 (train the prior) and negative-quality samples into `pairs`.")
+    ap.add_argument("--config", "-c", default=str(ROOT_DEMO), help="YAML run config (its other sections are ignored)")
+    ap.add_argument("--only", choices=["prior", "negatives"], help="run one of the two (default both)")
+    ap.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. prior_train.vae_steps=200")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_prior_config(args.config, args.overrides)
+        lake = Lake(cfg.lake)
+        ctx = Context(cfg, lake, Tracker(cfg.tracking, cfg.lake))
+    except (ConfigError, ValueError) as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    init_ray(cfg.ray)
+    with ctx.tracker.pipeline("prior", to_dict(cfg)):
+        prior = run_prior(ctx)
+        print(f"prior: {prior}")
+        if prior and (Path(prior) / STAGE0_FILE).is_file():
+            r = read_stage0(prior)
+            print(f"  held-out VAE PSNR {r['vae']['psnr_heldout']:.2f} dB; UNet eval loss "
+                  f"{r['unet']['eval_loss_init']:.3f} -> {r['unet']['eval_loss']:.3f}")
+        if args.only != "prior":
+            print(f"negatives: {run_negatives(ctx, prior)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,690 @@
+"""Stage 0: train a prior where no pretrained one exists (the tiny preset of the demo; DESIGN section 6).
+
+SUPIR freezes SDXL. A preset without SDXL weights needs a prior that can at least decode and
+generate, or everything downstream (E_dr's loss through D, the adaptor's noise prediction,
+negative samples) learns against random weights. Stage 0 trains, from scratch, in order:
+
+1. the AutoencoderKL as an autoencoder on random HQ crops: MSE + a small KL term (the KL only
+   keeps the posterior a distribution; Rombach et al. 2022 use 1e-6), with random rescaling so
+   the decoder sees more than one scale; then the latent scaling factor is set from the data
+   (1 / std of the latents, as SD did for its VAE), so that scaled latents have unit variance
+   and SDXL's sigma schedule fits them (0.13025 is the constant of SDXL's own VAE only);
+2. the UNet as a text-conditioned latent diffusion model: epsilon prediction under SDXL's
+   discrete schedule (1000 steps, scaled-linear betas) on the frozen VAE's latents, text from
+   the frozen (untrained) text encoders, prompt dropout to zeros for classifier-free guidance
+   (SDXL's unconditional embedding is zeros: force_zeros_for_empty_prompt). With probability
+   ``negative_prob`` a crop is blurred and captioned with the negative-quality prompt, so that
+   the prompt SUPIR steers away from means something to a prior that never saw the web.
+
+The text encoders keep their seeded random weights (frozen, like SDXL's): they are fixed feature
+maps of the caption. ``train_prior`` saves the result with model/prior.py's ``save_prior``; the
+folder is then a ``ModelConfig.prior`` like any SDXL folder. Imports no Ray.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+from catalog.config import check, check_prob, to_dict
+from model.config import ModelConfig
+from model.prior import SDXLPrior, build_prior, save_prior
+from model.sampler import (Conditioning, GuidedDenoiser, SamplerConfig, discrete_sigmas,
+                           sample, sampling_sigmas)
+from model.supir import SUPIRModel
+
+log = logging.getLogger(__name__)
+
+STAGE0_FILE = "stage0.json"  # metrics and config of the run, beside the diffusers folders
+# SUPIR's negative-quality prompt for its negative samples (paper section 3.2).
+NEGATIVE_QUALITY_PROMPT = ("oil painting, cartoon, blurring, dirty, messy, low quality, frames, deformed, lowres, "
+                           "over-smooth")
+
+
+@dataclass
+class PriorTrainConfig:
+    """The `prior_train:` section: stage 0, training the prior of a preset without pretrained weights."""
+
+    vae_steps: int = 1000
+    """Optimizer steps of the autoencoder."""
+
+    unet_steps: int = 500
+    """Optimizer steps of the latent diffusion UNet."""
+
+    crop_size: int = 64
+    """Side of the square HQ training crops, pixels (a multiple of 8: the VAE downsamples 8x)."""
+
+    batch_size: int = 8
+    """Crops per optimizer step (both parts)."""
+
+    vae_lr: float = 5e-3
+    """Peak AdamW learning rate of the autoencoder (linear warmup, cosine decay to 10%)."""
+
+    unet_lr: float = 1e-3
+    """Peak AdamW learning rate of the UNet (linear warmup, cosine decay to 10%)."""
+
+    warmup_steps: int = 50
+    """Linear learning-rate warmup, steps (each part)."""
+
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+
+    grad_clip: float = 1.0
+    """Gradient norm clipping (0: off)."""
+
+    kl_weight: float = 1e-6
+    """Weight of the KL term of the autoencoder (Rombach et al. 2022: 1e-6)."""
+
+    min_scale: float = 0.5
+    """Crops are cut from the image resized by a random factor in [min_scale, 1] (1: full resolution only)."""
+
+    prompt_dropout: float = 0.1
+    """Probability that a sample's text conditioning is zeroed (the unconditional branch of CFG)."""
+
+    negative_prob: float = 0.2
+    """Probability that a crop is blurred (4x down, bilinear up) and captioned with ``negative_prompt``."""
+
+    negative_prompt: str = NEGATIVE_QUALITY_PROMPT
+    """The negative-quality caption taught with ``negative_prob``."""
+
+    captions: Literal["captions", "none"] = "captions"
+    """Text of each image: its row in the `captions` table ("captions"; empty when it has none), or
+    always empty ("none": an unconditional model that still takes text)."""
+
+    holdout_images: int = 1
+    """Images kept out of training; held-out PSNR and eval loss are measured on their crops."""
+
+    eval_crops: int = 16
+    """Held-out crops (full resolution, deterministic positions) for PSNR and the eval loss."""
+
+    eval_crop_size: int = 0
+    """Side of the held-out crops, pixels (0: crop_size). Set it to the size the prior will see,
+    e.g. the degrade stage's gt_size (the demo: 128)."""
+
+    sample_steps: int = 20
+    """Euler steps of the sample grid drawn after training (0: no grid)."""
+
+    log_every: int = 20
+    """Log losses to MLflow every this many steps."""
+
+    seed: int = 0
+    """Seed of the crops, noise, timesteps and dropout (model init uses model.seed)."""
+
+    device: str = "auto"
+    """auto (cuda when available), cpu, cuda or cuda:N."""
+
+    num_threads: int = 0
+    """torch CPU threads while training (0: leave torch's setting)."""
+
+    num_gpus: float = 0.0
+    """GPUs of the Ray task that trains the prior (pipelines/prior.py), when the cluster has GPUs."""
+
+    output_dir: str = ""
+    """Folder for trained priors, one digest-named subfolder each; empty: <lake>/priors (local lakes)."""
+
+    progress: bool = True
+    """Progress bars over the training steps."""
+
+    def __post_init__(self) -> None:
+        for key in ("vae_steps", "unet_steps"):
+            v = getattr(self, key)
+            check(isinstance(v, int) and v >= 0, f"prior_train.{key}", v, "an integer >= 0")
+        check(isinstance(self.crop_size, int) and self.crop_size >= 32 and self.crop_size % 8 == 0,
+              "prior_train.crop_size", self.crop_size, "a multiple of 8, >= 32")
+        check(isinstance(self.batch_size, int) and self.batch_size >= 1, "prior_train.batch_size", self.batch_size,
+              "an integer >= 1")
+        for key in ("vae_lr", "unet_lr"):
+            v = getattr(self, key)
+            check(0 < v < 1, f"prior_train.{key}", v, "a learning rate in (0, 1)")
+        check(self.warmup_steps >= 0, "prior_train.warmup_steps", self.warmup_steps, "an integer >= 0")
+        check(self.weight_decay >= 0, "prior_train.weight_decay", self.weight_decay, "a number >= 0")
+        check(self.grad_clip >= 0, "prior_train.grad_clip", self.grad_clip, "a number >= 0 (0: off)")
+        check(self.kl_weight >= 0, "prior_train.kl_weight", self.kl_weight, "a number >= 0")
+        check(0 < self.min_scale <= 1, "prior_train.min_scale", self.min_scale, "a number in (0, 1]")
+        check_prob(self.prompt_dropout, "prior_train.prompt_dropout")
+        check_prob(self.negative_prob, "prior_train.negative_prob")
+        check(self.holdout_images >= 0, "prior_train.holdout_images", self.holdout_images, "an integer >= 0")
+        check(self.eval_crops >= 1, "prior_train.eval_crops", self.eval_crops, "an integer >= 1")
+        check(self.eval_crop_size == 0 or (self.eval_crop_size >= 32 and self.eval_crop_size % 8 == 0),
+              "prior_train.eval_crop_size", self.eval_crop_size, "0 (crop_size) or a multiple of 8, >= 32")
+        check(self.sample_steps >= 0, "prior_train.sample_steps", self.sample_steps, "an integer >= 0")
+        check(self.log_every >= 1, "prior_train.log_every", self.log_every, "an integer >= 1")
+        check(isinstance(self.seed, int) and self.seed >= 0, "prior_train.seed", self.seed, "an integer >= 0")
+        dev = self.device
+        check(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+              "prior_train.device", dev, "auto, cpu, cuda or cuda:N")
+        check(self.num_threads >= 0, "prior_train.num_threads", self.num_threads, "an integer >= 0")
+        check(self.num_gpus >= 0, "prior_train.num_gpus", self.num_gpus, "a number >= 0")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# the prior as an epsilon model (the sampler's EpsModel; the SUPIR model without its trainable parts)
+
+class PriorModel(torch.nn.Module):
+    """The frozen prior alone, with SUPIRModel's text, VAE and time-id helpers (the same code, borrowed).
+
+    ``model(sample, timestep, encoder_hidden_states, added_cond_kwargs, z_lq, conditioning_scale)``
+    is the plain UNet (z_lq and the scale are ignored): it drives model/sampler.py's
+    GuidedDenoiser for text-to-image and image-to-image without building the adaptor."""
+
+    def __init__(self, prior: SDXLPrior):
+        super().__init__()
+        self.prior = prior
+
+    @property
+    def unet(self):
+        return self.prior.unet
+
+    @property
+    def vae(self):
+        return self.prior.vae
+
+    encode_prompt = SUPIRModel.encode_prompt
+    time_ids = SUPIRModel.time_ids
+    added_cond_kwargs = SUPIRModel.added_cond_kwargs
+    encode = SUPIRModel.encode
+    decode = SUPIRModel.decode
+    prior_eps = SUPIRModel.prior_eps
+
+    def forward(self, sample, timestep, encoder_hidden_states, added_cond_kwargs, z_lq=None, conditioning_scale=0.0):
+        return self.prior_eps(sample, timestep, encoder_hidden_states, added_cond_kwargs)
+
+    def conditioning(self, prompts: Sequence[str], height: int, width: int,
+                     zero: Optional[Sequence[bool]] = None) -> Conditioning:
+        """SDXL conditioning of ``prompts`` for height x width images; rows with ``zero`` set are
+        all zeros (SDXL's unconditional embedding)."""
+        hidden, pooled = self.encode_prompt(list(prompts))  # (B, 77, D), (B, P)
+        if zero is not None:
+            keep = torch.tensor([not z for z in zero], dtype=hidden.dtype, device=hidden.device)
+            hidden, pooled = hidden * keep[:, None, None], pooled * keep[:, None]
+        return Conditioning(hidden, self.added_cond_kwargs(pooled, height, width))
+
+
+# ---------------------------------------------------------------------------------------------
+# data: decoded images, random crops, held-out crops
+
+def decode_images(images: Sequence[bytes | np.ndarray]) -> list[np.ndarray | None]:
+    """Encoded images (or (H, W, 3) uint8 arrays) -> (H, W, 3) uint8 arrays, EXIF orientation
+    applied; None for bytes that do not decode (the caller skips them)."""
+    out: list[np.ndarray | None] = []
+    for data in images:
+        if isinstance(data, np.ndarray):
+            out.append(np.ascontiguousarray(data[..., :3]))
+            continue
+        try:
+            with Image.open(io.BytesIO(bytes(data))) as im:
+                out.append(np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
+        except Exception as e:  # noqa: BLE001 - a corrupt image is skipped, not fatal
+            log.warning("stage 0: skipping an image that does not decode (%s: %s)", type(e).__name__, e)
+            out.append(None)
+    return out
+
+
+def to_model_range(crop: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32 in [-1, 1]."""
+    return torch.from_numpy(crop.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def split_holdout(n: int, holdout: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) image indices: the last ``holdout`` images are held out, but never all of them."""
+    holdout = min(holdout, max(n - 1, 0))
+    return list(range(n - holdout)), list(range(n - holdout, n))
+
+
+class CropSampler:
+    """Random square crops of ``size`` px from a list of images, at a random scale in [min_scale, 1].
+
+    A crop of side size / scale is cut and resized to size (antialiased), so min_scale < 1 shows
+    the model downscaled content too. Every draw comes from ``generator``."""
+
+    def __init__(self, images: Sequence[np.ndarray], size: int, min_scale: float, generator: torch.Generator):
+        self.images = [im for im in images if min(im.shape[:2]) >= size]
+        if not self.images:
+            raise ValueError(f"no training image has a short side of at least crop_size = {size} px")
+        self.size, self.min_scale, self.g = size, min_scale, generator
+
+    def _uniform(self) -> float:
+        return float(torch.rand((), generator=self.g))
+
+    def __call__(self, batch_size: int) -> tuple[torch.Tensor, list[int]]:
+        """(crops (B, 3, size, size) in [-1, 1], image index of each crop)."""
+        crops, idx = [], []
+        for _ in range(batch_size):
+            i = int(torch.randint(len(self.images), (), generator=self.g))
+            img = self.images[i]
+            h, w = img.shape[:2]
+            lo = max(self.min_scale, self.size / min(h, w))
+            scale = lo + (1.0 - lo) * self._uniform()
+            side = min(int(round(self.size / scale)), h, w)
+            top = int(torch.randint(h - side + 1, (), generator=self.g))
+            left = int(torch.randint(w - side + 1, (), generator=self.g))
+            x = to_model_range(img[top : top + side, left : left + side])  # (3, side, side)
+            if side != self.size:
+                x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", antialias=True,
+                                  align_corners=False)[0].clamp(-1, 1)
+            if self._uniform() < 0.5:
+                x = x.flip(-1)
+            crops.append(x)
+            idx.append(i)
+        return torch.stack(crops), idx
+
+
+def grid_crops(images: Sequence[np.ndarray], size: int, n: int) -> torch.Tensor:
+    """n full-resolution crops at fixed, evenly spread positions of ``images`` -> (n, 3, size, size)."""
+    out = []
+    per = max(1, math.ceil(n / max(len(images), 1)))
+    for img in images:
+        h, w = img.shape[:2]
+        if min(h, w) < size:
+            continue
+        k = math.ceil(math.sqrt(per))
+        for j in range(per):
+            r, c = divmod(j, k)
+            top = int(round((h - size) * (r + 0.5) / k))
+            left = int(round((w - size) * (c + 0.5) / k))
+            out.append(to_model_range(img[top : top + size, left : left + size]))
+    if not out:
+        raise ValueError(f"no held-out image has a short side of at least {size} px")
+    return torch.stack(out[:n])
+
+
+def blur_lowres(x: torch.Tensor, factor: int = 4) -> torch.Tensor:
+    """The negative-quality look taught in stage 0: area-downsample ``factor``x, bilinear back up."""
+    h, w = x.shape[-2:]
+    small = F.interpolate(x, size=(max(1, h // factor), max(1, w // factor)), mode="area")
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR (dB) of images in [-1, 1], on the 8-bit grid they would be saved on: (B,)."""
+    q = lambda t: ((t.float().clamp(-1, 1) + 1) * 127.5).round()  # noqa: E731
+    mse = (q(x) - q(y)).pow(2).flatten(1).mean(1).clamp(min=1e-10)
+    return 10 * torch.log10(255.0 ** 2 / mse)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warmup to ``peak`` over ``warmup`` steps, then cosine decay to 10% of it at ``total``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow
+
+class MetricLog:
+    """Buffers per-step metrics and sends them to an MLflow run in batches (RunRef or None)."""
+
+    def __init__(self, run: Any = None, every: int = 20):
+        self.run = run if run is not None and getattr(run, "enabled", False) else None
+        self.every = every
+        self.buffer: list[tuple[str, float, int]] = []
+
+    def add(self, step: int, **metrics: float) -> None:
+        if self.run is None:
+            return
+        self.buffer.extend((k, float(v), step) for k, v in metrics.items())
+        if len(self.buffer) >= 100 * self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.run is None or not self.buffer:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, v, ts, s) for k, v, s in self.buffer]
+        client = self.run.client()
+        for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+            client.log_batch(self.run.run_id, metrics=metrics[i : i + 1000])
+        self.buffer.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. the autoencoder
+
+def _step(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], loss: torch.Tensor,
+          lr: float, grad_clip: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+
+
+@torch.no_grad()
+def reconstruct(vae, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """D(E(x)) with the posterior mean, in batches: (B, 3, H, W) -> (B, 3, H, W)."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size].to(vae.device, vae.dtype)
+        out.append(vae.decode(vae.encode(xb).latent_dist.mean).sample.float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def init_posterior_std(vae, std: float = 0.05) -> None:
+    """Start the posterior narrow: the log-variance half of quant_conv outputs log(std^2) whatever the input.
+
+    A fresh AutoencoderKL starts with std about 1 around means about 0, so for hundreds of steps
+    its decoder sees mostly the sampling noise; with the KL weight at 1e-6 nothing pulls the
+    variance down quickly. Starting narrow makes the first steps an autoencoder's."""
+    conv = vae.quant_conv
+    if conv is None:
+        return
+    c = conv.out_channels // 2
+    conv.weight[c:].zero_()
+    conv.bias[c:].fill_(2 * math.log(std))
+
+
+def train_vae(vae, crops: CropSampler, cfg: PriorTrainConfig, heldout: torch.Tensor,
+              metrics: Optional[MetricLog] = None, generator: Optional[torch.Generator] = None) -> dict[str, Any]:
+    """Train ``vae`` (AutoencoderKL) in place: MSE + kl_weight * KL on random crops.
+
+    Returns losses (first / last 10% means), held-out PSNR before and after, seconds."""
+    metrics = metrics or MetricLog()
+    device = vae.device
+    if cfg.vae_steps > 0:
+        init_posterior_std(vae)
+    psnr_init = float(psnr(reconstruct(vae, heldout), heldout).mean())
+    vae.requires_grad_(True).train()
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.vae_lr, weight_decay=cfg.weight_decay)
+    losses: list[float] = []
+    t0 = time.time()
+    for step in tqdm(range(cfg.vae_steps), desc="stage 0: VAE", disable=not cfg.progress):
+        x, _ = crops(cfg.batch_size)
+        x = x.to(device)  # (B, 3, S, S)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(device)
+        recon = vae.decode(z).sample
+        mse = F.mse_loss(recon, x)
+        # KL summed over the latent, per image pixel: the balance of Rombach et al.'s summed losses
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = mse + cfg.kl_weight * kl
+        lr = lr_at(step, cfg.vae_steps, cfg.vae_lr, cfg.warmup_steps)
+        _step(opt, params, loss, lr, cfg.grad_clip)
+        losses.append(mse.item())
+        if step % cfg.log_every == 0 or step == cfg.vae_steps - 1:
+            metrics.add(step, **{"vae/mse": mse.item(), "vae/kl": kl.item(), "vae/lr": lr,
+                                 "vae/psnr_train": float(10 * math.log10(4.0 / max(mse.item(), 1e-10)))})
+    seconds = time.time() - t0
+    vae.requires_grad_(False).eval()
+    recon = reconstruct(vae, heldout)
+    out = {"psnr_heldout_init": psnr_init, "psnr_heldout": float(psnr(recon, heldout).mean()),
+           "psnr_heldout_min": float(psnr(recon, heldout).min()), "seconds": seconds, "steps": cfg.vae_steps,
+           **_curve(losses, "mse")}
+    metrics.add(cfg.vae_steps, **{"vae/psnr_heldout": out["psnr_heldout"]})
+    return out
+
+
+def _curve(losses: list[float], name: str) -> dict[str, float]:
+    """Mean of the first and last 10% of a loss curve."""
+    if not losses:
+        return {}
+    k = max(1, len(losses) // 10)
+    return {f"{name}_first": float(np.mean(losses[:k])), f"{name}_last": float(np.mean(losses[-k:]))}
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae, x: torch.Tensor) -> float:
+    """1 / std of the VAE's latent means over ``x`` (Rombach et al. 2022's rescaling), 5 significant digits."""
+    z = torch.cat([vae.encode(x[i : i + 16].to(vae.device)).latent_dist.mean.float().cpu() for i in range(0, len(x), 16)])
+    return float(f"{1.0 / float(z.std()):.5g}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. the latent diffusion UNet
+
+@torch.no_grad()
+def diffusion_batch(model: PriorModel, x: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor,
+                    alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Noisy latents x_t = sqrt(a_t) z + sqrt(1 - a_t) eps of images ``x`` (DDPM forward process)."""
+    z = model.encode(x)  # (B, 4, S/8, S/8), scaled
+    a = alphas_cumprod.to(z.device)[timesteps][:, None, None, None]
+    return a.sqrt() * z + (1 - a).sqrt() * noise
+
+
+def eps_loss(model: PriorModel, x: torch.Tensor, cond: Conditioning, timesteps: torch.Tensor, noise: torch.Tensor,
+             alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Epsilon-prediction MSE of the UNet on images ``x`` at ``timesteps`` with ``noise``."""
+    x_t = diffusion_batch(model, x, timesteps, noise, alphas_cumprod)
+    eps = model.unet(x_t, timesteps, encoder_hidden_states=cond.encoder_hidden_states,
+                     added_cond_kwargs=cond.added_cond_kwargs).sample
+    return F.mse_loss(eps.float(), noise)
+
+
+class TextCache:
+    """Conditioning rows per prompt, encoded once with the frozen text encoders."""
+
+    def __init__(self, model: PriorModel, height: int, width: int):
+        self.model, self.h, self.w = model, height, width
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, prompts: Sequence[str], zero: Sequence[bool]) -> Conditioning:
+        new = sorted({p for p in prompts if p not in self.cache})
+        if new:
+            hidden, pooled = self.model.encode_prompt(new)
+            self.cache.update({p: (hidden[i], pooled[i]) for i, p in enumerate(new)})
+        keep = torch.tensor([0.0 if z else 1.0 for z in zero], device=self.model.unet.device)
+        hidden = torch.stack([self.cache[p][0] for p in prompts]) * keep[:, None, None]
+        pooled = torch.stack([self.cache[p][1] for p in prompts]) * keep[:, None]
+        return Conditioning(hidden, self.model.added_cond_kwargs(pooled, self.h, self.w))
+
+
+def train_unet(model: PriorModel, crops: CropSampler, captions: Sequence[str], cfg: PriorTrainConfig,
+               heldout: torch.Tensor, metrics: Optional[MetricLog] = None,
+               generator: Optional[torch.Generator] = None) -> dict[str, Any]:
+    """Train ``model.unet`` in place as a text-conditioned epsilon-prediction LDM; the VAE and text
+    encoders stay frozen. ``captions[i]`` is the text of ``crops.images[i]``.
+
+    Returns the train loss curve (first / last 10%), the held-out eval loss (fixed noise and
+    timesteps) before and after, and seconds."""
+    metrics = metrics or MetricLog()
+    g = generator or torch.Generator().manual_seed(cfg.seed)
+    unet = model.unet
+    device = unet.device
+    alphas_cumprod = 1.0 / (1.0 + discrete_sigmas() ** 2)  # sigma^2 = (1 - a) / a
+    s = cfg.crop_size
+    text = TextCache(model, s, s)
+
+    # held-out eval: fixed timesteps spread over the schedule, fixed noise, empty prompt
+    ge = torch.Generator().manual_seed(cfg.seed + 1)
+    n, e = len(heldout), heldout.shape[-1]
+    t_eval = torch.linspace(0, 999, n).round().long()
+    noise_eval = torch.randn((n, 4, e // 8, e // 8), generator=ge)
+    cond_eval = TextCache(model, e, e)([""] * n, [False] * n)
+
+    def eval_loss() -> float:
+        unet.eval()
+        with torch.no_grad():
+            return float(eps_loss(model, heldout.to(device), cond_eval, t_eval.to(device), noise_eval.to(device),
+                                  alphas_cumprod))
+
+    loss_init = eval_loss()
+    unet.requires_grad_(True).train()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
+    losses: list[float] = []
+    t0 = time.time()
+    for step in tqdm(range(cfg.unet_steps), desc="stage 0: UNet", disable=not cfg.progress):
+        x, idx = crops(cfg.batch_size)
+        b = len(idx)
+        u = torch.rand((2, b), generator=g)
+        negative = (u[0] < cfg.negative_prob).tolist()
+        zero = (u[1] < cfg.prompt_dropout).tolist()
+        if any(negative):
+            m = torch.tensor(negative)
+            x[m] = blur_lowres(x[m])
+        prompts = [cfg.negative_prompt if neg else captions[i] for i, neg in zip(idx, negative)]
+        cond = text(prompts, zero)
+        t = torch.randint(0, len(alphas_cumprod), (b,), generator=g)
+        noise = torch.randn((b, 4, s // 8, s // 8), generator=g)
+        loss = eps_loss(model, x.to(device), cond, t.to(device), noise.to(device), alphas_cumprod)
+        lr = lr_at(step, cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps)
+        _step(opt, params, loss, lr, cfg.grad_clip)
+        losses.append(loss.item())
+        if step % cfg.log_every == 0 or step == cfg.unet_steps - 1:
+            metrics.add(step, **{"unet/loss": loss.item(), "unet/lr": lr})
+    seconds = time.time() - t0
+    unet.requires_grad_(False).eval()
+    out = {"eval_loss_init": loss_init, "eval_loss": eval_loss(), "seconds": seconds, "steps": cfg.unet_steps,
+           **_curve(losses, "loss")}
+    metrics.add(cfg.unet_steps, **{"unet/eval_loss": out["eval_loss"], "unet/eval_loss_init": loss_init})
+    return out
+
+
+@torch.no_grad()
+def generate(model: PriorModel, prompts: Sequence[str], size: int, steps: int, seed: int = 0,
+             cfg_scale: float = 1.0) -> torch.Tensor:
+    """Text-to-image with the prior and model/sampler.py's Euler sampler (no churn): (B, 3, size, size)."""
+    n = len(prompts)
+    scfg = SamplerConfig(num_steps=steps, s_churn=0.0, cfg_scale=cfg_scale, linear_cfg=False, tau_r=0.0)
+    pos = model.conditioning(prompts, size, size)
+    neg = model.conditioning([""] * n, size, size, zero=[True] * n) if scfg.uses_cfg else None
+    denoiser = GuidedDenoiser(model, scfg, pos, neg)
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn((n, 4, size // 8, size // 8), generator=g).to(model.unet.device)
+    z = sample(denoiser, noise, sampling_sigmas(steps).to(model.unet.device), scfg, generator=g)
+    return model.decode(z).float().clamp(-1, 1).cpu()
+
+
+def total_variation(x: torch.Tensor) -> float:
+    """Mean absolute difference of neighbouring pixels of images in [-1, 1] (a texture statistic)."""
+    return float((x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()) / 2
+
+
+def to_pil(x: torch.Tensor) -> Image.Image:
+    """(3, H, W) in [-1, 1] -> RGB image."""
+    arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(arr)
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole of stage 0
+
+def train_prior(cfg: PriorTrainConfig, model_cfg: ModelConfig, images: Sequence[bytes | np.ndarray],
+                captions: Optional[Sequence[Optional[str]]], out_dir: str | Path, log_run: Any = None) -> Path:
+    """Train the preset's prior (VAE, then UNet) on ``images`` and save it as a diffusers folder at ``out_dir``.
+
+    ``captions[i]`` is the caption of ``images[i]`` (None or missing: empty). ``log_run`` is a
+    catalog.tracking.RunRef (or None): loss curves, held-out PSNR, a reconstruction grid and a
+    sample grid. Written to a temporary folder and renamed, so ``out_dir`` is complete or absent.
+    Returns ``out_dir``; its ``stage0.json`` holds the measured numbers."""
+    out_dir = Path(out_dir)
+    device = resolve_device(cfg.device)
+    threads = torch.get_num_threads()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        return _train_prior(cfg, model_cfg, images, captions, out_dir, log_run, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_prior(cfg, model_cfg, images, captions, out_dir, log_run, device) -> Path:
+    t0 = time.time()
+    decoded_all = decode_images(images)
+    texts_all = [(c or "").strip() if cfg.captions == "captions" and captions is not None else ""
+                 for c in (captions if captions is not None else [None] * len(decoded_all))]
+    keep = [i for i, d in enumerate(decoded_all) if d is not None]
+    if not keep:
+        raise ValueError("stage 0 needs images: none of the given images decodes")
+    decoded, texts = [decoded_all[i] for i in keep], [texts_all[i] for i in keep]
+    train_idx, held_idx = split_holdout(len(decoded), cfg.holdout_images)
+    held = [decoded[i] for i in held_idx] or [decoded[i] for i in train_idx]  # one image: eval on it
+    heldout = grid_crops(held, cfg.eval_crop_size or cfg.crop_size, cfg.eval_crops)  # (n, 3, E, E)
+    g = torch.Generator().manual_seed(cfg.seed)
+    crops = CropSampler([decoded[i] for i in train_idx], cfg.crop_size, cfg.min_scale, g)
+    crop_texts = [texts[i] for i in train_idx if min(decoded[i].shape[:2]) >= cfg.crop_size]
+    metrics = MetricLog(log_run, cfg.log_every)
+
+    prior = build_prior(model_cfg.preset, device=device, seed=model_cfg.seed)
+    model = PriorModel(prior)
+    vae_out = train_vae(prior.vae, crops, cfg, heldout, metrics, g)
+    # scaled latents of unit variance, so SDXL's sigma schedule fits the new VAE
+    sample_crops, _ = crops(max(64, cfg.batch_size))
+    prior.vae.register_to_config(scaling_factor=latent_scaling_factor(prior.vae, sample_crops))
+    unet_out = train_unet(model, crops, crop_texts, cfg, heldout, metrics, g)
+    prior.freeze()
+
+    result: dict[str, Any] = {"vae": vae_out, "unet": unet_out,
+                              "scaling_factor": float(prior.vae.config.scaling_factor),
+                              "images": {"train": len(train_idx), "heldout": len(held_idx),
+                                         "undecodable": len(decoded_all) - len(decoded)},
+                              "config": to_dict(cfg), "model": {"preset": model_cfg.preset, "seed": model_cfg.seed}}
+    grids = _grids(model, heldout, crop_texts, cfg, result)
+    result["seconds"] = time.time() - t0
+
+    tmp = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
+    save_prior(prior, tmp)
+    (tmp / STAGE0_FILE).write_text(json.dumps(result, indent=2, sort_keys=True))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+
+    metrics.add(0, **{"psnr_heldout": vae_out["psnr_heldout"], "scaling_factor": result["scaling_factor"],
+                      "unet_eval_loss": unet_out["eval_loss"], "seconds_total": result["seconds"],
+                      **{f"samples/{k}": v for k, v in result.get("samples", {}).items()}})
+    metrics.flush()
+    if metrics.run is not None:
+        for name, img in grids.items():
+            log_run.log_image(img, name)
+        log_run.log_dict(result, STAGE0_FILE)
+    log.info("stage 0: prior saved to %s (held-out PSNR %.2f dB, UNet eval loss %.3f -> %.3f, %.0f s)", out_dir,
+             vae_out["psnr_heldout"], unet_out["eval_loss_init"], unet_out["eval_loss"], result["seconds"])
+    return out_dir
+
+
+def _grids(model: PriorModel, heldout: torch.Tensor, texts: Sequence[str], cfg: PriorTrainConfig,
+           result: dict[str, Any]) -> dict[str, Image.Image]:
+    """Reconstruction grid (HQ | D(E(HQ))) and a sample grid; sample statistics into ``result``."""
+    from evaluation.grids import make_grid
+
+    grids = {}
+    k = min(8, len(heldout))
+    recon = reconstruct(model.vae, heldout[:k])
+    grids["stage0_vae_reconstructions.png"] = make_grid([[to_pil(heldout[i]), to_pil(recon[i])] for i in range(k)],
+                                                        ["held-out HQ", "D(E(HQ))"], cell=128)
+    if cfg.sample_steps > 0:
+        prompts = [texts[i % len(texts)] if texts else "" for i in range(k)]
+        samples = generate(model, prompts, cfg.crop_size, cfg.sample_steps, seed=cfg.seed)
+        negatives = generate(model, [cfg.negative_prompt] * k, cfg.crop_size, cfg.sample_steps, seed=cfg.seed)
+        g = torch.Generator().manual_seed(cfg.seed + 2)
+        z_noise = torch.randn((k, 4, cfg.crop_size // 8, cfg.crop_size // 8), generator=g)
+        noise = model.decode(z_noise.to(model.unet.device)).float().clamp(-1, 1).cpu()
+        # texture statistic: samples of a working prior look like held-out crops, not like decoded noise
+        result["samples"] = {"tv_heldout": total_variation(heldout), "tv_samples": total_variation(samples),
+                             "tv_negative_prompt": total_variation(negatives), "tv_decoded_noise": total_variation(noise)}
+        grids["stage0_samples.png"] = make_grid(
+            [[to_pil(samples[i]), to_pil(negatives[i]), to_pil(noise[i])] for i in range(k)],
+            ["caption", "negative prompt", "decoded N(0, I)"], cell=128)
+    return grids
+
+
+def read_stage0(folder: str | Path) -> Optional[dict[str, Any]]:
+    """The stage0.json of a trained prior folder (None for a prior that stage 0 did not make)."""
+    p = Path(folder) / STAGE0_FILE
+    return json.loads(p.read_text()) if p.is_file() else None
