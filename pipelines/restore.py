@@ -180,7 +180,7 @@ def run_restore(ctx, cfg: Optional[RestoreConfig] = None) -> dict[str, int]:
         inputs=["pairs"],
         section=cfg,
         code=code_digest(restore_mod, sampler_mod, tiling_mod, colorfix_mod),
-        input_table="pairs",
+        input_table="pairs/degraded",  # negatives are training targets, not restoration inputs
         key="pair_id",
         fn=Restorer,
         batch_size=cfg.batch_size,
@@ -278,6 +278,21 @@ def config_from_args(args: argparse.Namespace) -> RestoreConfig:
     return from_dict(RestoreConfig, data, prefix="restore")
 
 
+def use_registered_model(model: str, tracking_uri: str, lake: str) -> Optional[Path]:
+    """For an MLflow model URI (``models:/supir@champion``, ``models:/supir@latest``, ``runs:/...``):
+    point MLFLOW_TRACKING_URI at the store (``--tracking-uri``, else MLFLOW_TRACKING_URI, else the
+    lake's) so that the restoring actors resolve it, and resolve it here once to fail early."""
+    if not model.startswith(("models:/", "runs:/")):
+        return None
+    import os
+
+    from catalog.tracking import resolve_uri
+
+    uri, _ = resolve_uri(TrackingConfig(uri=tracking_uri), lake)
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # inherited by a local Ray cluster's workers
+    return restore_mod.resolve_model_path(model, uri)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
@@ -287,6 +302,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                          enabled=not args.no_tracking), args.lake)
     except (ConfigError, ValueError) as e:
         print(f"config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        use_registered_model(cfg.model, args.tracking_uri, args.lake)
+    except Exception as e:  # noqa: BLE001 - a missing model, alias or store: say which
+        print(f"model error: {cfg.model}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     from pipelines.common import init_ray
     from pipelines.config import RayConfig

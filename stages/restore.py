@@ -159,17 +159,46 @@ def encode_png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def resolve_model_path(uri: str) -> Path:
-    """A local checkpoint folder for a folder path or an MLflow models:/ or runs:/ URI."""
+def resolve_model_path(uri: str, tracking_uri: Optional[str] = None) -> Path:
+    """A local checkpoint folder for a folder path or an MLflow models:/ or runs:/ URI.
+
+    ``models:/<name>@<alias>`` is a registered version by alias (pipelines/train.py registers
+    each trained stage with one); ``models:/<name>@latest`` and ``models:/<name>/latest`` the
+    newest version. The tracking (and registry) URI is ``tracking_uri``, else MLFLOW_TRACKING_URI,
+    else MLflow's default."""
     if uri.startswith(("models:/", "runs:/")):
         import mlflow
 
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        source = _model_version_source(uri, tracking_uri) if uri.startswith("models:/") else uri
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking_uri))
         found = [p.parent for p in sorted(local.rglob("supir.json"))]
         if not found:
             raise FileNotFoundError(f"{uri}: no supir.json in the downloaded artifacts")
         return found[0]
     return Path(uri)
+
+
+def _model_version_source(uri: str, tracking_uri: Optional[str]) -> str:
+    """The artifact source of a registered version, ``models:/<name>@<alias>``, ``models:/<name>/<version>``
+    or ``.../latest``, looked up in the registry at ``tracking_uri`` (MLflow's own models:/ download
+    reads aliases from the default registry only)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    ref = uri[len("models:/"):]
+    name, sep, which = ref.rpartition("@") if "@" in ref else ref.partition("/")
+    if not sep:
+        raise ValueError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    if which.lower() == "latest":
+        versions = client.search_model_versions(f"name = '{name}'")
+        if not versions:
+            raise FileNotFoundError(f"{uri}: registered model {name!r} has no versions")
+        return max(versions, key=lambda v: int(v.version)).source
+    if sep == "@":
+        return client.get_model_version_by_alias(name, which).source
+    if which.isdigit():
+        return client.get_model_version(name, which).source
+    return client.get_latest_versions(name, [which])[0].source  # a stage name
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,368 @@
+"""Train SUPIR on Ray Train: stage 1 (E_dr), then stage 2 (adaptor + connectors).
+
+    python pipelines/train.py --config configs/demo.yaml [--stage encoder|adaptor|all] [key.path=value ...]
+    ray job submit --address http://<head>:8265 --working-dir . -- python pipelines/train.py -c configs/sdxl.yaml
+
+The data is the `pairs` table (status ok; degraded and negative-quality rows) with captions from
+`captions` where a pair has none, as a Ray Data dataset that every worker reads; each worker
+keeps its share (stages/train_data.py). One TorchTrainer per stage: DDP over gloo on CPU, nccl
+on GPU, FSDP as an option; the loop is stages/train.py. Checkpoints go to
+<lake>/train/<name>-<stage>/ through ray.train.Checkpoint; rerunning the same name (after a kill,
+or with more steps) resumes from the latest one. Worker failures restart the worker group up to
+``max_failures`` times, each from the latest checkpoint.
+
+MLflow: a nested run per stage with loss, lr, grad norm and samples/s per step, sample grids
+(stage 2), the final model (+ its configs) as artifacts under ``model/``, registered as a new
+version of ``train.registered_model`` with aliases ``train.alias`` and the stage name, so that
+``python pipelines/restore.py --model models:/supir@latest ...`` loads it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import yaml
+
+from catalog.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from catalog.lake import Lake
+from catalog.tracking import RunRef, Tracker, TrackingConfig
+from model.config import ModelConfig
+from stages.train import STAGES, TrainConfig, TrainSection, train_loop
+
+log = logging.getLogger("supir")
+
+PAIR_COLUMNS = ["pair_id", "image_id", "kind", "status", "hq", "lq", "caption"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the worker side
+
+class RaySession:
+    """stages.train.Session on Ray Train: rank, the dataset shard, checkpoints, report."""
+
+    def __init__(self):
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+
+    def rows(self) -> list[dict[str, Any]]:
+        """This worker's rows, in one pass over the (unsplit) dataset: those whose pair_id hashes
+        to this rank (a split that depends on the content only, never on arrival order), so only
+        this worker's share is held in memory. A worker whose share is empty (fewer rows than
+        workers) takes row ``rank mod N`` of the pair_id order instead."""
+        import ray.train
+
+        from stages.train_data import seed_of
+
+        it = ray.train.get_dataset_shard("train")
+        ids, mine = [], []
+        for b in it.iter_batches(batch_format="pyarrow", batch_size=256):
+            for r in b.to_pylist():
+                ids.append(r["pair_id"])
+                if seed_of(r["pair_id"]) % self.world_size == self.rank:
+                    mine.append(r)
+        if not mine and ids:
+            want = sorted(ids)[self.rank % len(ids)]
+            mine = [r for b in it.iter_batches(batch_format="pyarrow", batch_size=256)
+                    for r in b.to_pylist() if r["pair_id"] == want]
+        return mine
+
+    def checkpoint(self):
+        import contextlib
+
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+
+        @contextlib.contextmanager
+        def local():
+            if ckpt is None:
+                yield None
+            else:
+                with ckpt.as_directory() as d:
+                    yield d
+
+        return local()
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Optional[str]) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        name = f"checkpoint_{int(metrics['step']):08d}" if checkpoint is not None else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """TorchTrainer's train_loop_per_worker: the stage loop on a RaySession."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    init_from = local_folder(config["init_from"]) if config.get("init_from") else None
+    train_loop(config["train"], config["model"], RaySession(), run=config.get("run"), init_from=init_from,
+               degrade=config.get("degrade"))
+
+
+def local_folder(uri: str) -> str:
+    """A local copy of a folder on any pyarrow filesystem (the lake may be s3://...)."""
+    if "://" not in uri or uri.startswith("file://"):
+        return uri.removeprefix("file://")
+    import pyarrow.fs as pafs
+
+    dest = tempfile.mkdtemp(prefix="supir-init-")
+    pafs.copy_files(uri, dest)
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# the driver side
+
+def train_dataset(lake: Lake):
+    """Ray Data dataset of ok `pairs` rows with a caption (the pair's own, else `captions`')."""
+    import pyarrow.compute as pc
+    import ray
+
+    files = lake.files("pairs")
+    if not files:
+        raise ConfigError("train: the `pairs` table is empty; run the degrade stage first")
+    captions: dict[str, str] = {}
+    if lake.exists("captions"):
+        t = lake.read("captions", columns=["image_id", "caption", "status"])
+        t = t.filter(pc.equal(t.column("status"), "ok"))
+        captions = dict(zip(t.column("image_id").to_pylist(), t.column("caption").to_pylist()))
+    ds = ray.data.read_parquet(files, columns=PAIR_COLUMNS, filesystem=lake.fs, override_num_blocks=len(files),
+                               num_cpus=0.25)
+    return ds.map_batches(_OkWithCaptions(captions), batch_format="pyarrow", batch_size=None, num_cpus=0.1)
+
+
+class _OkWithCaptions:
+    def __init__(self, captions: dict[str, str]):
+        self.captions = captions
+
+    def __call__(self, block):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        block = block.filter(pc.equal(block.column("status"), "ok")).drop_columns(["status"])
+        caps = [c if isinstance(c, str) and c.strip() else self.captions.get(i) or ""
+                for c, i in zip(block.column("caption").to_pylist(), block.column("image_id").to_pylist())]
+        return block.set_column(block.schema.get_field_index("caption"), "caption", pa.array(caps, pa.string()))
+
+
+def storage(lake: Lake) -> str:
+    return lake.uri("train")
+
+
+def final_folder(lake: Lake, section: TrainSection, stage: str) -> str:
+    """Where the finished model of a stage is kept: <lake>/train/<name>-<stage>/final."""
+    return f"{storage(lake).rstrip('/')}/{section.name}-{stage}/final"
+
+
+def resolve_init_from(lake: Lake, section: TrainSection, cfg: TrainConfig, tracking_uri: Optional[str] = None
+                      ) -> Optional[str]:
+    """The checkpoint folder a stage starts from (TrainConfig.init_from), or None for fresh parts."""
+    if cfg.init_from == "auto":
+        if cfg.stage != "adaptor":
+            return None
+        path = final_folder(lake, section, "encoder")
+        if _exists(lake, f"{path}/supir.json"):
+            return path
+        log.warning("train adaptor: no finished encoder stage under %s, starting from an untrained E_dr", path)
+        return None
+    if cfg.init_from.startswith(("models:/", "runs:/")):
+        from stages.restore import resolve_model_path
+
+        return str(resolve_model_path(cfg.init_from, tracking_uri or None))
+    return cfg.init_from or None
+
+
+def _exists(lake: Lake, path: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs_path = path if lake.local else path.split("://", 1)[1]
+    return lake.fs.get_file_info(fs_path).type == pafs.FileType.File
+
+
+def make_trainer(cfg: TrainConfig, model_cfg: ModelConfig, run_name: str, storage_path: str, dataset,
+                 run: Optional[RunRef], init_from: Optional[str], degrade: Any = None):
+    """The TorchTrainer of one stage (resources live here, STYLE item 7)."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"train": cfg, "model": model_cfg, "run": run, "init_from": init_from, "degrade": degrade},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        run_config=RunConfig(name=run_name, storage_path=storage_path,
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
+        datasets={"train": dataset},
+        dataset_config=DataConfig(datasets_to_split=[]),
+    )
+
+
+def run_train(ctx, stage: str) -> dict[str, Any]:
+    """Train one stage (``"encoder"`` or ``"adaptor"``) of ``ctx.cfg.train`` on ``ctx.cfg.model``.
+
+    Resumes the run <lake>/train/<train.name>-<stage> when it has checkpoints. Returns a summary:
+    start_step, step, loss, checkpoint, final (folder), run_id, model_version."""
+    section: TrainSection = ctx.cfg.train
+    cfg = section.stage(stage)
+    model_cfg: ModelConfig = ctx.cfg.model
+    lake: Lake = ctx.lake
+    degrade = getattr(ctx.cfg, "degrade", None)
+    init_from = resolve_init_from(lake, section, cfg, ctx.tracker.uri)
+    params = {"train": to_dict(cfg), "model": to_dict(model_cfg), "name": section.name, "init_from": init_from}
+    with ctx.tracker.stage(f"train_{stage}", params=params) as run:
+        run.log_text(yaml.safe_dump({"train": to_dict(cfg), "model": to_dict(model_cfg)}, sort_keys=False),
+                     "train_config.yaml")
+        t0 = time.time()
+        trainer = make_trainer(cfg, model_cfg, f"{section.name}-{stage}", storage(lake), train_dataset(lake), run,
+                               init_from, degrade if cfg.on_the_fly_degradation else None)
+        result = trainer.fit()
+        seconds = time.time() - t0
+        if result.error is not None:
+            raise result.error
+        m = result.metrics or {}
+        summary = {"stage": stage, "start_step": int(m.get("start_step", 0)), "step": int(m.get("step", 0)),
+                   "loss": m.get("loss"), "seconds": seconds, "run_id": run.run_id if run.enabled else None,
+                   "checkpoint": result.checkpoint.path if result.checkpoint else None}
+        run.log_metrics({"final_loss": m.get("loss") or float("nan"), "start_step": summary["start_step"],
+                         "train_seconds": seconds})
+        if result.checkpoint is not None:
+            summary.update(publish(result.checkpoint, lake, section, stage, cfg, model_cfg, run))
+    return summary
+
+
+def publish(checkpoint, lake: Lake, section: TrainSection, stage: str, cfg: TrainConfig, model_cfg: ModelConfig,
+            run: RunRef) -> dict[str, Any]:
+    """The final model: EMA weights when trained with EMA, kept in <lake>/train/<name>-<stage>/final,
+    logged to MLflow as ``model/`` with the configs, registered with the aliases."""
+    import pyarrow.fs as pafs
+
+    with tempfile.TemporaryDirectory(prefix="supir-final-") as d:
+        checkpoint.to_directory(d)
+        model_dir = Path(d) / "model"
+        if (Path(d) / "ema.safetensors").is_file():
+            apply_ema(model_dir, Path(d) / "ema.safetensors")
+        shutil.copy(Path(d) / "state.json", model_dir / "train_state.json")
+        (model_dir / "train_config.yaml").write_text(yaml.safe_dump(
+            {"train": to_dict(cfg), "model": to_dict(model_cfg)}, sort_keys=False))
+        final = final_folder(lake, section, stage)
+        dest = final if lake.local else final.split("://", 1)[1]
+        lake.fs.delete_dir_contents(dest, missing_dir_ok=True)
+        pafs.copy_files(str(model_dir), dest, destination_filesystem=lake.fs)
+        out: dict[str, Any] = {"final": final, "model_version": None}
+        if run.enabled:
+            run.client().log_artifacts(run.run_id, str(model_dir), "model")
+            if section.registered_model:
+                aliases = [a for a in (section.alias, stage) if a]
+                out["model_version"] = register_model(run, section.registered_model, aliases)
+                out["model_uri"] = f"models:/{section.registered_model}@{aliases[0]}"
+    return out
+
+
+def apply_ema(model_dir: Path, ema_file: Path) -> None:
+    """Overwrite the trained parts' weights in a saved model folder with their EMA."""
+    from safetensors.torch import load_file, save_file
+
+    ema = load_file(str(ema_file))
+    for part in {k.split(".", 1)[0] for k in ema}:
+        path = model_dir / part / "diffusion_pytorch_model.safetensors"
+        weights = load_file(str(path))
+        weights.update({k.split(".", 1)[1]: v.to(weights[k.split(".", 1)[1]].dtype) for k, v in ema.items()
+                        if k.startswith(part + ".")})
+        save_file(weights, str(path), metadata={"format": "pt"})
+
+
+def register_model(run: RunRef, name: str, aliases: Sequence[str], artifact_path: str = "model") -> str:
+    """A new version of registered model ``name`` from the run's ``artifact_path``, with ``aliases``."""
+    from mlflow.exceptions import MlflowException
+
+    client = run.client()
+    try:
+        client.create_registered_model(name, description="SUPIR trainable parts (E_dr, adaptor, connectors); "
+                                                          "load with model/checkpoint.py load_model")
+    except MlflowException as e:
+        if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code) and "already exists" not in str(e):
+            raise
+    source = f"{client.get_run(run.run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+    version = client.create_model_version(name, source=source, run_id=run.run_id)
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version.version)
+    return str(version.version)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+@dataclass
+class TrainRunConfig:
+    """The sections of a run config that training reads (other sections of the file are ignored)."""
+
+    lake: str = "lake"
+    stages: list[str] = field(default_factory=list)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    ray: Any = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    degrade: Any = None
+
+
+def load_train_config(path: Optional[str], overrides: Sequence[str] = ()) -> TrainRunConfig:
+    from pipelines.config import RayConfig
+    from stages.degrade import DegradeConfig
+
+    data = apply_overrides(load_yaml(path) if path else {}, overrides)
+    return TrainRunConfig(
+        lake=str(data.get("lake", "lake")),
+        tracking=from_dict(TrackingConfig, data.get("tracking"), prefix="tracking"),
+        ray=from_dict(RayConfig, data.get("ray"), prefix="ray"),
+        model=from_dict(ModelConfig, data.get("model"), prefix="model"),
+        train=from_dict(TrainSection, data.get("train"), prefix="train"),
+        degrade=from_dict(DegradeConfig, data.get("degrade"), prefix="degrade"),
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import argparse
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", "-c", default=None, help="YAML run config (lake, tracking, ray, model, train, degrade)")
+    ap.add_argument("--stage", default="all", choices=[*STAGES, "all"], help="which stage(s) to train")
+    ap.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.encoder.steps=100")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_train_config(args.config, args.overrides)
+        lake = Lake(cfg.lake)
+        tracker = Tracker(cfg.tracking, cfg.lake)
+    except (ConfigError, ValueError) as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    from pipelines.common import Context, init_ray
+
+    init_ray(cfg.ray)
+    ctx = Context(cfg, lake, tracker)
+    stages = list(STAGES) if args.stage == "all" else [args.stage]
+    with tracker.pipeline("train", to_dict(cfg), yaml.safe_dump(to_dict(cfg), sort_keys=False)):
+        for stage in stages:
+            summary = run_train(ctx, stage)
+            print("TRAIN_RESULT " + json.dumps(summary, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

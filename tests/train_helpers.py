@@ -1,0 +1,36 @@
+"""Helpers for the training tests and benchmark: a lake with real degraded pairs of the sample photos."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_pairs(paths: Sequence[Path], gt_size: int = 128, scale: int = 4, variants: int = 1,
+               captions: Optional[Sequence[str]] = None) -> pa.Table:
+    """`pairs` rows (kind degraded) of the images at ``paths``, made by the degrade stage."""
+    from catalog.schemas import image_id_of
+    from stages.degrade import DegradeConfig, Degrader
+
+    data = [Path(p).read_bytes() for p in paths]
+    caps = list(captions) if captions is not None else [f"a photo {Path(p).stem.split('_')[0].lower()}" for p in paths]
+    out = Degrader(DegradeConfig(gt_size=gt_size, scale=scale, variants_per_image=variants))(
+        {"image_id": np.array([image_id_of(d) for d in data], dtype=object),
+         "bytes": np.array(data, dtype=object), "caption": np.array(caps, dtype=object)})
+    return pa.table({k: list(v) for k, v in out.items()})
+
+
+def make_lake(root: Path, paths: Sequence[Path], **kwargs: Any):
+    from catalog.lake import Lake
+
+    lake = Lake(str(root))
+    lake.write_part("pairs", make_pairs(paths, **kwargs))
+    return lake
+
+
+def sample_photos() -> list[Path]:
+    return sorted((ROOT / "data" / "samples").glob("*.jpg"))
