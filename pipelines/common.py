@@ -52,7 +52,8 @@ def init_ray(ray_cfg) -> None:
             kwargs["runtime_env"] = {"working_dir": root, "env_vars": env_vars,
                                      "excludes": [".venv*", "lake", ".git", "*.parquet", "mlruns"]}
         else:
-            # a local cluster started here: workers import this checkout
+            # a new local cluster started here (never another session's), whose workers import this checkout
+            kwargs["address"] = "local"
             kwargs["num_cpus"] = ray_cfg.num_cpus
             env_vars["PYTHONPATH"] = root + os.pathsep + os.environ.get("PYTHONPATH", "")
             kwargs["runtime_env"] = {"env_vars": env_vars}
