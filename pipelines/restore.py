@@ -176,7 +176,7 @@ def run_restore(ctx, cfg: Optional[RestoreConfig] = None) -> dict[str, int]:
     return run_stage(
         ctx,
         stage="restore",
-        table="restorations",
+        table=f"restorations/{cfg.resolved_run_id()}",  # one partition per sampler setting: runs compare in SQL
         inputs=["pairs"],
         section=cfg,
         code=code_digest(restore_mod, sampler_mod, tiling_mod, colorfix_mod),
