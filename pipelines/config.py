@@ -17,13 +17,22 @@ import yaml
 
 from catalog.config import ConfigError, apply_overrides, check, from_dict, load_yaml, to_dict
 from catalog.tracking import TrackingConfig
+from evaluation.baselines import BaselineConfig
+from evaluation.metrics import EvalConfig
+from model.config import ModelConfig
 from stages.caption import CaptionConfig
 from stages.crawl import CrawlConfig
 from stages.degrade import DegradeConfig
 from stages.filter import FilterConfig
+from stages.negatives import NegativesConfig
+from stages.prior_train import PriorTrainConfig
+from stages.restore import RestoreConfig
+from stages.train_config import TrainSection
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("crawl", "filter", "caption", "degrade")  # the stages that exist, in DAG order
+# the stages that exist, in DAG order
+STAGES = ("crawl", "filter", "caption", "degrade", "prior", "negatives", "train_encoder", "train_adaptor",
+          "restore", "baselines", "evaluate")
 
 
 @dataclass
@@ -56,6 +65,13 @@ class RunConfig:
     filter: FilterConfig = field(default_factory=FilterConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prior_train: PriorTrainConfig = field(default_factory=PriorTrainConfig)
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    restore: RestoreConfig = field(default_factory=RestoreConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
         for s in self.stages:

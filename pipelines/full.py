@@ -3,13 +3,15 @@
     python pipelines/full.py --config configs/demo.yaml [key.path=value ...]
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python pipelines/full.py
 
-DAG (only stages that exist are in it):
+DAG:
 
-    crawl -> filter -> caption
-                    -> degrade
+    crawl -> filter -> caption ---------------------------------+
+                    -> degrade -> prior (stage 0) -> negatives -> train_encoder -> train_adaptor
+                                                      -> restore -> baselines -> evaluate
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -19,22 +21,81 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from catalog.config import ConfigError, to_dict
-from catalog.lake import Lake
+from catalog.config import ConfigError, digest, to_dict
+from catalog.lake import Lake, StageSpec, code_digest
 from catalog.schemas import TABLES
 from catalog.tracking import Tracker
 from pipelines.common import Context, init_ray
 from pipelines.config import config_yaml, load_config, parse_args
 from pipelines.data import run_caption, run_degrade
+from pipelines.evaluate import preflight as evaluate_preflight
+from pipelines.evaluate import run_baselines, run_evaluate
 from pipelines.ingest import preflight, run_crawl, run_filter
+from pipelines.prior import TRAIN as PRIOR_TRAIN
+from pipelines.prior import resolve_model_config, run_negatives, run_prior
+from pipelines.restore import run_restore
+from pipelines.train import final_folder, run_train, storage
 
 log = logging.getLogger("supir")
+
+TRAINED = "trained"  # restore.model value: the model that train_adaptor of this run produced
+
+
+def _prior(ctx: Context) -> dict:
+    """Stage 0 when model.prior is "train" (cached); later stages then see the trained prior's folder."""
+    if ctx.cfg.model.prior == PRIOR_TRAIN:
+        prior = run_prior(ctx)
+        ctx.cfg = dataclasses.replace(ctx.cfg, model=resolve_model_config(ctx, prior))
+    return {"prior": ctx.cfg.model.prior}
+
+
+def _train(ctx: Context, stage: str) -> dict:
+    """One training stage, skipped when its inputs, config and code are unchanged since it finished.
+
+    A changed spec starts the stage's Ray Train run afresh; the same spec after a kill resumes it
+    from its latest checkpoint (pipelines/train.py)."""
+    import stages.train as train_mod
+    import stages.train_config as train_config_mod
+    import stages.train_data as train_data_mod
+
+    _prior(ctx)
+    lake, section = ctx.lake, ctx.cfg.train
+    spec = StageSpec(f"train_{stage}", f"_stages/train_{stage}", {t: lake.digest(t) for t in ("pairs", "captions")},
+                     digest({"train": section.stage(stage), "model": ctx.cfg.model, "name": section.name}),
+                     code_digest(train_mod, train_config_mod, train_data_mod))
+    state = lake.begin(spec)
+    if state == "cached":
+        log.info("train_%s: cached (inputs, config and code unchanged)", stage)
+        return lake.manifest(spec.table)["summary"]
+    if state == "fresh":  # checkpoints of another spec must not be resumed
+        run_dir = f"{storage(lake).rstrip('/')}/{section.name}-{stage}"
+        if lake.fs.get_file_info(run_dir).type.name == "Directory":
+            lake.fs.delete_dir(run_dir)
+    summary = run_train(ctx, stage)
+    lake.finish(spec, {"steps": int(summary.get("step", 0))}, {"summary": summary})
+    return summary
+
+
+def _restore(ctx: Context) -> dict:
+    _prior(ctx)
+    cfg = ctx.cfg.restore
+    if cfg.model == TRAINED:
+        cfg = dataclasses.replace(cfg, model=final_folder(ctx.lake, ctx.cfg.train, "adaptor"))
+    return run_restore(ctx, cfg)
+
 
 STAGE_RUNNERS = {
     "crawl": run_crawl,
     "filter": run_filter,
     "caption": run_caption,
     "degrade": run_degrade,
+    "prior": _prior,
+    "negatives": lambda ctx: run_negatives(ctx, _prior(ctx)["prior"]),
+    "train_encoder": lambda ctx: _train(ctx, "encoder"),
+    "train_adaptor": lambda ctx: _train(ctx, "adaptor"),
+    "restore": _restore,
+    "baselines": run_baselines,
+    "evaluate": run_evaluate,
 }
 
 
@@ -47,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         tracker = Tracker(cfg.tracking, cfg.lake)
         ctx = Context(cfg, lake, tracker)
         preflight(ctx)
+        if "evaluate" in cfg.stages:
+            evaluate_preflight(ctx)
     except (ConfigError, ValueError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
