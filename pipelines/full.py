@@ -133,6 +133,10 @@ def print_summary(ctx: Context, results: dict, seconds: float) -> None:
     if ctx.tracker.enabled:
         print(f"MLflow store:  {ctx.tracker.uri}")
         print(f"  browse:      mlflow ui --backend-store-uri {ctx.tracker.uri}")
+    table1 = Path(lake.path("reports")) / "evaluate" / "table1.md"
+    if "evaluate" in results and lake.local and table1.exists():
+        print(f"\nTable 1 ({table1}):\n")
+        print(table1.read_text())
     lake_arg = "" if ctx.cfg.lake == "lake" else f" --lake {ctx.cfg.lake}"
     print(f"Try SQL:       python -m catalog.sql{lake_arg} \"SELECT status, count(*) AS n FROM images GROUP BY status\"")
     print(f"               python -m catalog.sql{lake_arg} --query drop_reasons")
