@@ -186,7 +186,7 @@ def run_restore(ctx, cfg: Optional[RestoreConfig] = None) -> dict[str, int]:
         batch_size=cfg.batch_size,
         actors=cfg.actors,
         num_gpus=cfg.num_gpus_per_actor if cluster_has_gpus() else 0,
-        columns=["pair_id", "lq", "caption", "scale", "status"],
+        columns=["pair_id", "lq", "hq", "caption", "scale", "status"],
         where=("status", "ok"),
         finalize=lambda run: log_lake_restorations(ctx.lake, cfg, run),
     )

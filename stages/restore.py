@@ -292,6 +292,7 @@ class Restorer:
         n = len(ids)
         captions = list(batch["caption"]) if "caption" in batch else [None] * n
         scales = list(batch["scale"]) if "scale" in batch else [None] * n
+        hqs = list(batch["hq"]) if "hq" in batch else [None] * n
         cols: dict[str, list[Any]] = {"pair_id": ids, "run_id": [self.run_id] * n, "method": [self.cfg.method] * n,
                                       "status": ["error"] * n, "error": [None] * n, "restored": [None] * n,
                                       "params": [self.params] * n, "seconds": [0.0] * n,
@@ -313,6 +314,8 @@ class Restorer:
             try:
                 caption = captions[i] if isinstance(captions[i], str) else None
                 scale = int(scales[i]) if scales[i] is not None and not _isnan(scales[i]) else None
+                if hqs[i] is not None:  # a pair: restore to its HQ size (SUPIR-mode LQ is already at it)
+                    scale = max(1, round(Image.open(io.BytesIO(bytes(hqs[i]))).width / img.width))
                 cols["restored"][i] = encode_png(self.restore(img, ids[i], caption, scale))
                 cols["status"][i] = "ok"
                 cols["sampling_seconds"][i] = self.last_info["sampling_seconds"]

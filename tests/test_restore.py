@@ -135,3 +135,13 @@ def test_restore_folder_pipeline(checkpoint, tmp_path):
     assert stage.data.params["sampler.num_steps"] == "2"
     names = [a.path for a in client.list_artifacts(stage.info.run_id)]
     assert "restore_grid.png" in names and "failed.json" in names
+
+
+def test_pairs_restore_to_their_hq_size(tiny_model):
+    """SUPIR-mode pairs store the LQ at the HQ size: scale 4 in the row must not upscale again."""
+    lq_small, lq_at_gt = photo(3, (16, 16)), photo(3, (64, 64))
+    b = batch([lq_small, lq_at_gt], scales=[4, 4])
+    b["hq"] = np.array([photo(4, (64, 64)), photo(4, (64, 64))], dtype=object)
+    out = Restorer(RestoreConfig(model="-", **FAST), model=tiny_model)(b)
+    assert list(out["status"]) == ["ok", "ok"]
+    assert [Image.open(io.BytesIO(r)).size for r in out["restored"]] == [(64, 64), (64, 64)]
