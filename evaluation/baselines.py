@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from catalog.batches import numpy_batch
 from catalog.config import check, digest
 from catalog.schemas import RESTORATIONS
 
@@ -152,15 +153,7 @@ class Baseliner:
                 cols["restored"].append(png)
                 cols["params"].append(json.dumps(self.cfg.params(method), sort_keys=True))
                 cols["seconds"].append(time.perf_counter() - t0)
-        out = {}
-        for k, v in cols.items():
-            if k == "seconds":
-                out[k] = np.asarray(v, dtype=np.float64)
-            else:
-                arr = np.empty(len(v), dtype=object)
-                arr[:] = v
-                out[k] = arr
-        return out
+        return numpy_batch(cols, {"seconds": np.float64})
 
 
 def degradation_label(params: Optional[str], scale: Optional[int]) -> str:

@@ -33,6 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from transformers import AutoModelForImageTextToText, AutoProcessor, LogitsProcessor
 from transformers.generation import TemperatureLogitsWarper, TopPLogitsWarper
 
+from catalog.batches import numpy_batch
 from catalog.config import check
 
 SUPIR_PROMPT = "Describe this image and its style in a very detailed manner."
@@ -188,17 +189,7 @@ def _rows(n: int, image_ids: list[str], **const: Any) -> dict[str, list[Any]]:
 
 
 def _to_numpy(cols: dict[str, list[Any]]) -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in cols.items():
-        if k == "seconds":
-            out[k] = np.asarray(v, dtype=np.float64)
-        elif k == "new_tokens":
-            out[k] = np.asarray(v, dtype=np.int64)
-        else:
-            arr = np.empty(len(v), dtype=object)
-            arr[:] = v
-            out[k] = arr
-    return out
+    return numpy_batch(cols, {"seconds": np.float64, "new_tokens": np.int64})
 
 
 class AltTextCaptioner:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from catalog.batches import numpy_batch
 from catalog.schemas import pair_id_of
 from stages import degrade_ops as ops
 from stages.degrade_apply import degrade_batch, degrade_pairs, degrade_target
@@ -104,7 +105,7 @@ class Degrader:
                     top, left = p["crop"]
                     todo.append((len(rows) - 1, img[top : top + cfg.gt_size, left : left + cfg.gt_size], p))
         self._degrade(rows, todo)
-        return {c: _column([r[c] for r in rows], c) for c in PAIR_COLUMNS}
+        return numpy_batch({c: [r[c] for r in rows] for c in PAIR_COLUMNS}, PAIR_DTYPES)
 
     def _degrade(self, rows: list[dict[str, Any]], todo: list[tuple[int, np.ndarray, dict[str, Any]]]) -> None:
         for idx, crop, p in todo:
@@ -116,12 +117,7 @@ class Degrader:
                 rows[idx].update(status="error", error=f"{type(e).__name__}: {e}")
 
 
-def _column(values: list[Any], name: str) -> np.ndarray:
-    if name in ("scale", "seed"):
-        return np.asarray(values, dtype=np.int64 if name == "seed" else np.int32)
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
+PAIR_DTYPES = {"scale": np.int32, "seed": np.int64}  # the typed columns of a pairs batch
 
 
 def regenerate(row: Mapping[str, Any], device: str | torch.device = "cpu") -> bytes:

@@ -51,7 +51,8 @@ from model.config import DTYPES as MODEL_DTYPES
 from model.prior import SDXLPrior, load_prior
 from model.sampler import GuidedDenoiser, SamplerConfig, sample, sampling_sigmas, seeded_generator
 from stages import degrade_ops as ops
-from stages.degrade import PAIR_COLUMNS, decode_rgb, encode_png
+from catalog.batches import numpy_batch
+from stages.degrade import PAIR_COLUMNS, PAIR_DTYPES, decode_rgb, encode_png
 from stages.degrade_apply import degrade_target
 from stages.degrade_config import DegradeConfig
 from stages.degrade_draw import draw_params
@@ -273,7 +274,7 @@ class NegativeMaker:
                     todo.append((len(rows) - 1, _to_tensor(img[top : top + cfg.crop_size, left : left + cfg.crop_size])))
         for start in range(0, len(todo), cfg.micro_batch):
             self._make(rows, todo[start : start + cfg.micro_batch])
-        return {c: _column([r[c] for r in rows], c) for c in PAIR_COLUMNS}
+        return numpy_batch({c: [r[c] for r in rows] for c in PAIR_COLUMNS}, PAIR_DTYPES)
 
     def _make(self, rows: list[dict[str, Any]], chunk: list[tuple[int, torch.Tensor]]) -> None:
         cfg = self.cfg
@@ -306,12 +307,6 @@ class NegativeMaker:
                 row.update(status="error", error=f"{type(e).__name__}: {e}")
 
 
-def _column(values: list[Any], name: str) -> np.ndarray:
-    if name in ("scale", "seed"):
-        return np.asarray(values, dtype=np.int64 if name == "seed" else np.int32)
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
 
 
 def preview_grid(rows: Mapping[str, Any], sources: Optional[Mapping[str, bytes]] = None, n: int = 8,

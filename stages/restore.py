@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from catalog.batches import numpy_batch
 from catalog.config import check, digest, to_dict
 from model.colorfix import COLOR_FIXES, color_fix
 from model.sampler import Conditioning, GuidedDenoiser, SamplerConfig, sample, sampling_sigmas, seeded_generator
@@ -327,20 +328,10 @@ class Restorer:
             cols["seconds"][i] = time.perf_counter() - t0
         if not self.timings:
             del cols["sampling_seconds"]
-        return _to_numpy(cols)
+        return numpy_batch(cols, {"seconds": np.float64, "sampling_seconds": np.float64})
 
 
 def _isnan(v: Any) -> bool:
     return isinstance(v, float) and v != v
 
 
-def _to_numpy(cols: dict[str, list[Any]]) -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in cols.items():
-        if k in ("seconds", "sampling_seconds"):
-            out[k] = np.asarray(v, dtype=np.float64)
-        else:
-            arr = np.empty(len(v), dtype=object)
-            arr[:] = v
-            out[k] = arr
-    return out
