@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import io
 import json
 import logging
 import os
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 

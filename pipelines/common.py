@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from ray_procs import free_port, stop_own_ray
 
 import numpy as np
 import pytest
@@ -44,38 +42,6 @@ def test_ray_cluster_yaml_passes_rays_schema():
 # ---------------------------------------------------------------------------------------------
 # two nodes: a head and a worker with a custom resource
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _own_ray_pids(temp_dir: str) -> list[int]:
-    """Processes of this test's cluster: their command line or an open file names its private temp dir.
-
-    (Ray's agents rename their process title, so the command line alone misses them.)
-    """
-    pids = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit() or int(p.name) == os.getpid():
-            continue
-        try:
-            mine = temp_dir in (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if not mine:
-                for fd in (p / "fd").iterdir():
-                    try:
-                        if os.readlink(fd).startswith(temp_dir):
-                            mine = True
-                            break
-                    except OSError:
-                        continue
-        except OSError:
-            continue
-        if mine:
-            pids.append(int(p.name))
-    return pids
-
-
 @pytest.fixture(scope="module")
 def two_nodes():
     """`ray start --head` plus a second `ray start` node with {"pinned": 1}; torn down by process id.
@@ -103,16 +69,7 @@ def two_nodes():
     except subprocess.CalledProcessError as e:
         pytest.fail(f"ray start failed: {e.stderr[-2000:]}")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            pids = _own_ray_pids(temp_dir)
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            if pids and sig == signal.SIGTERM:
-                time.sleep(3)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        stop_own_ray(temp_dir)
 
 
 class PinnedEvaluator:

@@ -1,9 +1,9 @@
 """crawl -> filter as a Ray program: the demo, caching, resume after a kill, and `ray job submit`."""
 import os
 import signal
-import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from catalog.lake import Lake
+from ray_procs import free_port, stop_own_ray
 from tests.http_faults import FaultServer, respond, slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,9 +43,8 @@ def _run(cmd, tmp_path, timeout=300):
 
 
 def test_demo_crawl_filter_then_cache(tmp_path):
-    cfg = _write_config(tmp_path)
     cmd = [sys.executable, "pipelines/full.py", "--config", "configs/demo.yaml", f"lake={tmp_path / 'lake'}",
-           "ray.progress_bars=false"]
+           "ray.progress_bars=false", "stages=[crawl, filter]"]
     r = _run(cmd, tmp_path)
     lake = Lake(tmp_path / "lake")
     samples = sorted((ROOT / "data/samples").glob("*.jpg"))
@@ -79,16 +79,16 @@ def test_crawl_killed_half_way_resumes_without_refetching(tmp_path, photos):
                    "shard_rows": 2, "workers": 1, "timeout_s": 5},
         )
         cmd = [sys.executable, "pipelines/full.py", "--config", str(cfg)]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")  # short: Ray's unix sockets live under it
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(_env(tmp_path), RAY_TMPDIR=ray_tmp),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         parts = tmp_path / "lake" / "images"
         deadline = time.time() + 180
         while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 3:
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        # the killed driver's local cluster
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+        stop_own_ray(ray_tmp)  # the killed driver's local cluster, and nobody else's
         finished = {r for p in parts.glob("*.parquet") for r in pq.read_table(p, columns=["url"]).column("url").to_pylist()}
         assert 0 < len(finished) < n, "the kill should land half way"
         before = dict(server.counts)
@@ -102,20 +102,16 @@ def test_crawl_killed_half_way_resumes_without_refetching(tmp_path, photos):
         assert lake.manifest("images")["state"] == "resume"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ray_job_submit(tmp_path):
     """`ray start --head` then `ray job submit --working-dir . -- python pipelines/full.py`."""
     ray = str(Path(sys.executable).parent / "ray")
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     # Ray >= 2.5x starts local clusters with token authentication; the job CLI sends the token
     # from ~/.ray/auth_token only in token mode
     env = dict(_env(tmp_path), RAY_AUTH_MODE="token")
+    ray_tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")
     start = subprocess.run([ray, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
+                            f"--temp-dir={ray_tmp}",
                             "--include-dashboard=true", "--disable-usage-stats"],
                            env=env, capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stderr[-3000:]
@@ -123,7 +119,7 @@ def test_ray_job_submit(tmp_path):
         r = subprocess.run(
             [ray, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ".", "--",
              "python", "pipelines/full.py", "--config", "configs/demo.yaml", f"lake={tmp_path / 'lake'}",
-             "ray.progress_bars=false"],
+             "ray.progress_bars=false", "stages=[crawl, filter]"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
         )
         assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
@@ -132,4 +128,4 @@ def test_ray_job_submit(tmp_path):
         assert lake.status_counts("images") == {"ok": len(list((ROOT / "data/samples").glob("*.jpg")))}
         assert lake.manifest("filtered") is not None
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_own_ray(ray_tmp)
