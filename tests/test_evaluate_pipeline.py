@@ -25,18 +25,12 @@ METRICS = ["psnry", "ssim", "stlpips", "niqe", "lpips"]  # lpips: no weights off
 
 @pytest.fixture(scope="module")
 def ray_local():
-    import os
-
     import ray
 
     from pipelines.common import init_ray
     from pipelines.config import RayConfig
 
-    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
-    env = {"PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1"}
-    # every worker registers the `baselines` table, as catalog/schemas.py will once it lists it
-    ray.init(num_cpus=2, runtime_env={"env_vars": env})
-    init_ray(RayConfig(num_cpus=2, progress_bars=False))  # the pipeline's own settings on top
+    init_ray(RayConfig(num_cpus=2, progress_bars=False))  # a new local cluster, as the pipeline starts it
     yield
     ray.shutdown()
 
