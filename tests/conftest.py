@@ -48,3 +48,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _ray_shut_down_after_each_module():
+    """A module that started Ray in this process (a pipeline function calls ray.init) leaves no
+    cluster behind for the next module, whose fixture starts its own."""
+    yield
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
