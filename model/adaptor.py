@@ -43,6 +43,21 @@ _UNSUPPORTED = {"class_embed_type": None, "num_class_embeds": None, "encoder_hid
                 "attention_type": "default", "addition_embed_type": "text_time"}
 
 
+def run_encoder(h: torch.Tensor, down_blocks, mid_block, emb: torch.Tensor, context: torch.Tensor
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The UNet encoder walk shared by the prior and the adaptor: down blocks then mid block.
+
+    ``h`` is the conv_in output; returns (mid block output, skip list [h, every down-block output])."""
+    skips = [h]
+    for block in down_blocks:
+        if getattr(block, "has_cross_attention", False):
+            h, res = block(hidden_states=h, temb=emb, encoder_hidden_states=context)
+        else:
+            h, res = block(hidden_states=h, temb=emb)
+        skips.extend(res)
+    return mid_block(h, emb, encoder_hidden_states=context), skips
+
+
 class GLVControl(ModelMixin, ConfigMixin):
     """The trainable encoder copy. ``forward`` -> list of X_c (skips in UNet order, then mid)."""
 
@@ -217,13 +232,6 @@ class GLVControl(ModelMixin, ConfigMixin):
         encoder_hidden_states = encoder_hidden_states.to(dtype)
         emb = self.embed(sample, timestep, added_cond_kwargs)
         h = self.conv_in(sample) + self.lq_conv_in(z_lq)  # (B, C0, h, w)
-        features = [h]
-        for block in self.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                h, res = block(hidden_states=h, temb=emb, encoder_hidden_states=encoder_hidden_states)
-            else:
-                h, res = block(hidden_states=h, temb=emb)
-            features.extend(res)
-        h = self.mid_block(h, emb, encoder_hidden_states=encoder_hidden_states)
+        h, features = run_encoder(h, self.down_blocks, self.mid_block, emb, encoder_hidden_states)
         features.append(h)
         return features

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from model.adaptor import GLVControl
+from model.adaptor import GLVControl, run_encoder
 from model.config import ModelConfig, torch_dtype
 from model.connectors import Scale, SUPIRConnectors
 from model.encoder import DegradationRobustEncoder
@@ -130,15 +130,7 @@ class SUPIRModel(nn.Module):
                                                      added_cond_kwargs=added_cond_kwargs)
 
         # 2-4. conv_in, encoder, mid block (frozen, unchanged)
-        h = unet.conv_in(sample)  # (B, C0, h, w)
-        skips = [h]
-        for block in unet.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                h, res = block(hidden_states=h, temb=emb, encoder_hidden_states=context)
-            else:
-                h, res = block(hidden_states=h, temb=emb)
-            skips.extend(res)
-        h = unet.mid_block(h, emb, encoder_hidden_states=context)
+        h, skips = run_encoder(unet.conv_in(sample), unet.down_blocks, unet.mid_block, emb, context)  # (B, C, h', w')
         h = self._ckpt(conn.sft_mid, control[-1], h, None, s)  # mid: H = X_s'
 
         # 5. decoder: ZeroSFT replaces each torch.cat([X_f, X_s]); ZeroCrossAttn before upsamplers
