@@ -38,10 +38,11 @@ Scale = float | torch.Tensor
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm with 32 groups computed in float32 (sgm's ``normalization``), for bf16 stability."""
+    """GroupNorm computed in float32 (sgm's ``normalization``), for bf16 stability; 32 groups as
+    in SDXL, or the UNet's own ``norm_num_groups`` (the tiny preset's 8)."""
 
-    def __init__(self, channels: int, eps: float = 1e-5):
-        super().__init__(32, channels, eps=eps)
+    def __init__(self, channels: int, eps: float = 1e-5, groups: int = 32):
+        super().__init__(groups, channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
@@ -57,14 +58,15 @@ def _per_sample(scale: Scale, like: torch.Tensor) -> Scale:
 class ZeroSFT(nn.Module):
     """Spatial feature transform of the skip (and decoder) features by the adaptor feature."""
 
-    def __init__(self, control_channels: int, skip_channels: int, concat_channels: int = 0, hidden_channels: int = 128):
+    def __init__(self, control_channels: int, skip_channels: int, concat_channels: int = 0, hidden_channels: int = 128,
+                 groups: int = 32):
         super().__init__()
         out_channels = skip_channels + concat_channels  # channels(H)
         self.zero_conv = zero_module(nn.Conv2d(control_channels, skip_channels, 1))  # Z1
         self.mlp_shared = nn.Sequential(nn.Conv2d(control_channels, hidden_channels, 3, padding=1), nn.SiLU())
         self.zero_mul = zero_module(nn.Conv2d(hidden_channels, out_channels, 3, padding=1))
         self.zero_add = zero_module(nn.Conv2d(hidden_channels, out_channels, 3, padding=1))
-        self.norm = GroupNorm32(out_channels)
+        self.norm = GroupNorm32(out_channels, groups=groups)
 
     def forward(self, control: torch.Tensor, skip: torch.Tensor, hidden: Optional[torch.Tensor] = None,
                 conditioning_scale: Scale = 1.0) -> torch.Tensor:
@@ -85,11 +87,12 @@ class ZeroSFT(nn.Module):
 class ZeroCrossAttn(nn.Module):
     """x <- x + s * Attn(query GN(x), key/value GN(X_c)); heads of ``head_dim`` channels."""
 
-    def __init__(self, query_channels: int, context_channels: int, head_dim: int = 64, zero_init: bool = True):
+    def __init__(self, query_channels: int, context_channels: int, head_dim: int = 64, zero_init: bool = True,
+                 groups: int = 32):
         super().__init__()
         heads = max(query_channels // head_dim, 1)
-        self.norm1 = GroupNorm32(query_channels)
-        self.norm2 = GroupNorm32(context_channels)
+        self.norm1 = GroupNorm32(query_channels, groups=groups)
+        self.norm2 = GroupNorm32(context_channels, groups=groups)
         self.attn = Attention(query_dim=query_channels, cross_attention_dim=context_channels, heads=heads,
                               dim_head=query_channels // heads, bias=False, out_bias=True)
         if zero_init:
@@ -130,7 +133,12 @@ def connector_layout(unet_config: Any) -> dict[str, Any]:
         if i < n - 1:  # this up block ends with an upsampler; its context is the last skip consumed
             cross_attn.append((out, skips[k], k))
         prev = out
-    return {"skip_channels": skips, "concat_channels": concat, "mid_channels": blocks[-1], "cross_attn": cross_attn}
+    try:
+        groups = get("norm_num_groups")
+    except (AttributeError, KeyError):
+        groups = None
+    return {"skip_channels": skips, "concat_channels": concat, "mid_channels": blocks[-1], "cross_attn": cross_attn,
+            "norm_num_groups": int(groups or 32)}
 
 
 class SUPIRConnectors(ModelMixin, ConfigMixin):
@@ -146,11 +154,14 @@ class SUPIRConnectors(ModelMixin, ConfigMixin):
         hidden_channels: int = 128,
         head_dim: int = 64,
         zero_init_cross_attn: bool = True,
+        norm_num_groups: int = 32,
     ):
         super().__init__()
-        self.sft = nn.ModuleList(ZeroSFT(c, c, f, hidden_channels) for c, f in zip(skip_channels, concat_channels))
-        self.sft_mid = ZeroSFT(mid_channels, mid_channels, 0, hidden_channels)
-        self.cross_attn = nn.ModuleList(ZeroCrossAttn(q, c, head_dim, zero_init_cross_attn) for q, c, _ in cross_attn_channels)
+        g = norm_num_groups
+        self.sft = nn.ModuleList(ZeroSFT(c, c, f, hidden_channels, g) for c, f in zip(skip_channels, concat_channels))
+        self.sft_mid = ZeroSFT(mid_channels, mid_channels, 0, hidden_channels, g)
+        self.cross_attn = nn.ModuleList(ZeroCrossAttn(q, c, head_dim, zero_init_cross_attn, g)
+                                        for q, c, _ in cross_attn_channels)
 
     @classmethod
     def from_unet_config(cls, unet_config: Any, hidden_channels: int = 128, head_dim: int = 64,
@@ -158,7 +169,8 @@ class SUPIRConnectors(ModelMixin, ConfigMixin):
         layout = connector_layout(unet_config)
         return cls(skip_channels=tuple(layout["skip_channels"]), concat_channels=tuple(layout["concat_channels"]),
                    mid_channels=layout["mid_channels"], cross_attn_channels=tuple(tuple(x) for x in layout["cross_attn"]),
-                   hidden_channels=hidden_channels, head_dim=head_dim, zero_init_cross_attn=zero_init_cross_attn)
+                   hidden_channels=hidden_channels, head_dim=head_dim, zero_init_cross_attn=zero_init_cross_attn,
+                   norm_num_groups=layout["norm_num_groups"])
 
     def zero_init_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """The parameters that are zero at initialisation (Z1, Zmul, Zadd, and the attention outputs)."""

@@ -71,6 +71,10 @@ class SDXLPrior(nn.Module):
     def train(self, mode: bool = True) -> "SDXLPrior":  # the prior stays in eval mode
         return super().train(False)
 
+    @property
+    def vae_scale_factor(self) -> int:
+        return vae_scale_factor(self.vae)
+
     def component_configs(self) -> dict[str, dict[str, Any]]:
         """The four architecture configs as plain dicts (the single-file header, the digest)."""
         out = {}
@@ -93,6 +97,14 @@ class SDXLPrior(nn.Module):
                 h.update(f"{name}.{key}|{t.dtype}|{tuple(t.shape)}".encode())
                 h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
+
+
+def vae_scale_factor(vae: Any) -> int:
+    """Image pixels per latent pixel of an AutoencoderKL (or its config): 2 ** (levels - 1), as in
+    diffusers' pipelines. SDXL: 8; the tiny preset: 4."""
+    config = getattr(vae, "config", vae)
+    channels = config["block_out_channels"] if isinstance(config, dict) else config.block_out_channels
+    return 2 ** (len(channels) - 1)
 
 
 # ---------------------------------------------------------------------------------------------

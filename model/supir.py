@@ -24,7 +24,7 @@ from model.adaptor import GLVControl, run_encoder
 from model.config import ModelConfig, torch_dtype
 from model.connectors import Scale, SUPIRConnectors
 from model.encoder import DegradationRobustEncoder
-from model.prior import SDXLPrior, build_prior, load_prior
+from model.prior import SDXLPrior, build_prior, load_prior, vae_scale_factor
 
 
 class SUPIRModel(nn.Module):
@@ -201,7 +201,7 @@ class SUPIRModel(nn.Module):
         return {"text_embeds": pooled, "time_ids": self.time_ids(height, width, pooled.shape[0], **time_kwargs)}
 
     def encode_lq(self, images: torch.Tensor) -> torch.Tensor:
-        """z_LQ = E_dr(x_LQ): images (B, 3, H, W) in [-1, 1] -> scaled latents (B, 4, H/8, W/8)."""
+        """z_LQ = E_dr(x_LQ): images (B, 3, H, W) in [-1, 1] -> scaled latents (B, 4, H/f, W/f), f = vae_scale_factor."""
         return self.encoder.encode_lq(images.to(self.encoder.dtype))
 
     def encode(self, images: torch.Tensor, generator: Optional[torch.Generator] = None,
@@ -212,8 +212,13 @@ class SUPIRModel(nn.Module):
         shift = getattr(self.vae.config, "shift_factor", None)
         return ((z - shift) if shift is not None else z) * self.vae.config.scaling_factor
 
+    @property
+    def vae_scale_factor(self) -> int:
+        """Image pixels per latent pixel (SDXL 8, tiny 4)."""
+        return vae_scale_factor(self.vae)
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """The frozen decoder D: scaled latents (B, 4, h, w) -> images (B, 3, 8h, 8w), about [-1, 1]."""
+        """The frozen decoder D: scaled latents (B, 4, h, w) -> images (B, 3, f h, f w), about [-1, 1]."""
         shift = getattr(self.vae.config, "shift_factor", None)
         z = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
         z = z + shift if shift is not None else z

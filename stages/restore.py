@@ -240,8 +240,8 @@ class Restorer:
         if not t.tiled_vae:
             return fn(x)
         if encoder:
-            return tiled_apply(fn, x, t.encoder_tile_size, t.encoder_tile_overlap, 1 / 8)
-        return tiled_apply(fn, x, t.decoder_tile_size, t.decoder_tile_overlap, 8)
+            return tiled_apply(fn, x, t.encoder_tile_size, t.encoder_tile_overlap, 1 / self.model.vae_scale_factor)
+        return tiled_apply(fn, x, t.decoder_tile_size, t.decoder_tile_overlap, self.model.vae_scale_factor)
 
     def _conditioning(self, caption: Optional[str], height: int, width: int) -> tuple[Conditioning, Conditioning]:
         s = self.cfg.sampler

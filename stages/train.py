@@ -145,8 +145,9 @@ def adaptor_inputs(model, cfg: TrainConfig, batch: Batch, rank: int, step: int, 
     """(noise, timesteps, encoder_hidden_states, added_cond_kwargs, latent generator) of a stage-2 step."""
     g = step_generator(cfg, rank, step)
     b, c = batch.hq.shape[0], cfg.crop_size
-    latent_shape = (b, model.vae.config.latent_channels, c // 8, c // 8)
-    noise = torch.randn(latent_shape, generator=g).to(device)  # (B, 4, c/8, c/8)
+    f = model.vae_scale_factor
+    latent_shape = (b, model.vae.config.latent_channels, c // f, c // f)
+    noise = torch.randn(latent_shape, generator=g).to(device)  # (B, 4, c/f, c/f)
     timesteps = torch.randint(0, 1000, (b,), generator=g).to(device)
     drop = torch.rand(b, generator=g) < cfg.prompt_dropout
     prompts = ["" if d else cap for d, cap in zip(drop.tolist(), batch.captions)]

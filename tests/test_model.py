@@ -31,7 +31,7 @@ def _inputs(model, h, w, batch=2, seed=0):
         "sample": torch.randn(batch, 4, h, w, generator=g),
         "timestep": torch.tensor([17, 803][:batch]),
         "encoder_hidden_states": ehs,
-        "added_cond_kwargs": model.added_cond_kwargs(pooled, 8 * h, 8 * w),
+        "added_cond_kwargs": model.added_cond_kwargs(pooled, model.vae_scale_factor * h, model.vae_scale_factor * w),
         "z_lq": torch.randn(batch, 4, h, w, generator=g),
     }
 
@@ -128,7 +128,7 @@ def test_adaptor_and_encoder_start_as_copies_of_the_prior(model):
     images = torch.rand(1, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         assert torch.equal(model.encode_lq(images), model.encode(images))
-    assert model.encode_lq(images).shape == (1, 4, 8, 8)
+    assert model.encode_lq(images).shape == (1, 4, 16, 16)  # the tiny VAE downsamples 4x
 
 
 # -- training: what gets gradients ---------------------------------------------------------
@@ -138,7 +138,8 @@ def test_gradients_reach_only_the_trainable_parts():
     m.train()
     assert not m.prior.training and m.adaptor.training
     x = _inputs(m, 8, 8)
-    x["z_lq"] = m.encode_lq(torch.rand(2, 3, 64, 64) * 2 - 1)
+    f = m.vae_scale_factor
+    x["z_lq"] = m.encode_lq(torch.rand(2, 3, 8 * f, 8 * f) * 2 - 1)
     m(**x, conditioning_scale=1.0).square().mean().backward()
     trainable = {id(p) for p in m.trainable_parameters()}
     assert len(trainable) == sum(1 for _ in m.encoder.parameters()) + sum(1 for _ in m.adaptor.parameters()) \

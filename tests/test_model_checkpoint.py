@@ -31,9 +31,10 @@ def _perturb(model, seed=3):
 def _run(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     ehs, pooled = model.encode_prompt(["a photo of a cat", "blurry, low quality"])
+    f = model.vae_scale_factor
     sample = torch.randn(2, 4, 16, 24, generator=g)
-    lq = torch.rand(2, 3, 128, 192, generator=g) * 2 - 1
-    add = model.added_cond_kwargs(pooled, 128, 192)
+    lq = torch.rand(2, 3, 16 * f, 24 * f, generator=g) * 2 - 1
+    add = model.added_cond_kwargs(pooled, 16 * f, 24 * f)
     with torch.no_grad():
         z = model.encode_lq(lq)
         return (model(sample, torch.tensor([999, 250]), ehs, add, z, 1.0),
