@@ -178,14 +178,14 @@ def sdedit(model: PriorModel, images: torch.Tensor, noise: torch.Tensor, cfg: Ne
            strength: Optional[float] = None) -> torch.Tensor:
     """Image-to-image with the prior: images (B, 3, H, W) in [-1, 1] -> samples (B, 3, H, W) in [-1, 1].
 
-    ``noise`` (B, 4, H/8, W/8) ~ N(0, I) is the only randomness (no churn). The start is
+    ``noise`` (B, 4, H/f, W/f) ~ N(0, I) (f: the VAE's scale factor) is the only randomness (no churn). The start is
     x = E(images) + sigma_start * noise: the forward process of the variance-exploding
     (sigma-space) view, where x / sqrt(1 + sigma^2) is the UNet's input (model/sampler.py)."""
     strength = cfg.strength if strength is None else strength
     device, dtype = model.unet.device, model.unet.dtype
     b, _, h, w = images.shape
     sigmas = sampling_sigmas(cfg.num_steps)[sdedit_start(cfg.num_steps, strength):].to(device)  # (k + 1,)
-    z0 = model.encode(images.to(device, dtype)).float()  # (B, 4, H/8, W/8), scaled
+    z0 = model.encode(images.to(device, dtype)).float()  # (B, 4, H/f, W/f), scaled
     x_start = z0 + float(sigmas[0]) * noise.to(device)
     scfg = SamplerConfig(num_steps=len(sigmas) - 1, s_churn=0.0, cfg_scale=cfg.cfg_scale, linear_cfg=False,
                          tau_r=0.0, seed=cfg.seed)

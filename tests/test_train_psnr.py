@@ -1,12 +1,15 @@
-"""Stage 1 on held-out pairs with a stage-0 prior: D(E_dr(x_LQ)) against the HQ image, against the
-decoder's own ceiling D(E(x_GT)), and against bicubic upscaling (PSNR, printed).
+"""Issue 7's measured targets, with the demo's own budget (configs/demo.yaml):
 
-The prior is SUPIR_TEST_PRIOR (a stage-0 folder, e.g. the demo's) when set, else the small test
-prior of tests/prior_fixtures.py. D(E_dr(x_LQ)) cannot be better than the decoder's ceiling
-D(E(x_GT)); when that ceiling is below bicubic (a prior trained for seconds), beating bicubic is
-impossible and the test says so (xfail with the numbers) instead of passing or hiding it."""
+- stage 0's VAE on held-out crops (the aim: 28 dB at the demo's crop size);
+- stage 1 on held-out pairs: D(E_dr(x_LQ)) against the HQ image, against the decoder's own
+  ceiling D(E(x_GT)) (stage 1's target), and against bicubic upscaling of x_LQ (PSNR, printed).
+
+The prior is SUPIR_TEST_PRIOR (a stage-0 folder, e.g. the demo's) when set; otherwise the demo's
+stage-0 VAE is trained here on the shipped photos (the UNet is not needed for stage 1). The last
+photo by name is held out of both stages. Stage 1 uses the demo's ``train.encoder`` section."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from pathlib import Path
@@ -17,11 +20,12 @@ import torch
 from PIL import Image
 
 from model.config import ModelConfig
-from stages.train import LocalSession, TrainConfig, load_parts, train_loop
+from stages.train import LocalSession, load_parts, train_loop
 from stages.train_data import decode
 from train_helpers import make_pairs, sample_photos
 
 pytestmark = pytest.mark.slow
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -29,55 +33,61 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * torch.log10(4.0 / ((a.clamp(-1, 1) - b) ** 2).mean()))
 
 
-def tiles(row: dict, size: int, gt: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(HQ, bicubic-upscaled LQ) tiles of one pair, (1, 3, size, size) in [-1, 1]."""
-    hq = torch.from_numpy(decode(row["hq"]).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-    lq_img = Image.open(io.BytesIO(row["lq"])).convert("RGB").resize((gt, gt), Image.Resampling.BICUBIC)
-    lq = torch.from_numpy(np.asarray(lq_img).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-    return [(hq[..., y:y + size, x:x + size], lq[..., y:y + size, x:x + size])
-            for y in range(0, gt, size) for x in range(0, gt, size)]
+def to_tensor(img: Image.Image | np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
-def test_stage1_on_held_out_pairs(tmp_path):
+def test_stage0_vae_and_stage1_on_held_out_pairs_with_the_demo_budget(tmp_path):
     from model.supir import build_model
-    from prior_fixtures import trained_prior
-    from stages.prior_train import read_stage0, split_holdout
+    from pipelines.config import load_config
+    from stages.prior_train import read_stage0, split_holdout, train_prior
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)
+    demo = load_config(DEMO)
     photos = sample_photos()
-    prior = Path(os.environ["SUPIR_TEST_PRIOR"]) if os.environ.get("SUPIR_TEST_PRIOR") else trained_prior(tuple(photos))[0]
+    if os.environ.get("SUPIR_TEST_PRIOR"):
+        prior = Path(os.environ["SUPIR_TEST_PRIOR"])
+    else:
+        p0 = dataclasses.replace(demo.prior_train, unet_steps=0, sample_steps=0, progress=False, num_threads=2,
+                                 device="cpu")
+        prior = train_prior(p0, ModelConfig(preset="tiny"), [p.read_bytes() for p in photos],
+                            [f"a photo, {p.stem.split('_by_')[0].lower()}" for p in photos], tmp_path / "prior")
     stage0 = read_stage0(prior)
-    # the photos stage 0 held out (the last ones) are held out here too
+    vae_psnr = stage0["vae"]["psnr_heldout"]
     train_idx, held_idx = split_holdout(len(photos), max(1, stage0["config"]["holdout_images"]))
-    gt, crop = 128, stage0["config"]["crop_size"]  # train and measure at the crop size the prior's VAE learned
-    train_rows = make_pairs([photos[i] for i in train_idx], gt_size=gt, variants=2).to_pylist()
-    held_rows = make_pairs([photos[i] for i in held_idx], gt_size=gt, variants=2).to_pylist()
+    gt = demo.degrade.gt_size
+    train_rows = make_pairs([photos[i] for i in train_idx], gt_size=gt, variants=demo.degrade.variants_per_image).to_pylist()
+    held_rows = make_pairs([photos[i] for i in held_idx], gt_size=gt, variants=8).to_pylist()
     mcfg = ModelConfig(preset="tiny", prior=str(prior))
-    cfg = TrainConfig(stage="encoder", steps=150, batch_size=8, lr=1e-3, warmup_steps=10, crop_size=crop,
-                      checkpoint_every=150, progress=False)
-    result = train_loop(cfg, mcfg, LocalSession(train_rows, tmp_path))
+    enc = dataclasses.replace(demo.train.encoder, checkpoint_every=demo.train.encoder.steps, progress=False)
+    result = train_loop(enc, mcfg, LocalSession(train_rows, tmp_path / "stage1"))
     init, trained = build_model(mcfg), build_model(mcfg)
-    load_parts(trained, tmp_path / "checkpoint_00000150" / "model")
+    load_parts(trained, tmp_path / "stage1" / f"checkpoint_{enc.steps:08d}" / "model")
+
     scores: dict[str, list[float]] = {k: [] for k in ("bicubic", "vae_ceiling", "edr_init", "edr_trained",
                                                       "init_vs_ceiling", "trained_vs_ceiling")}
     with torch.no_grad():
         for row in held_rows:
-            for hq, lq in tiles(row, crop, gt):
-                ceiling = trained.decode(trained.encode(hq)).clamp(-1, 1)  # D(E(x_GT)), stage 1's target
-                before = init.decode(init.encode_lq(lq))
-                after = trained.decode(trained.encode_lq(lq))
-                scores["bicubic"].append(psnr(lq, hq))
-                scores["vae_ceiling"].append(psnr(ceiling, hq))
-                scores["edr_init"].append(psnr(before, hq))
-                scores["edr_trained"].append(psnr(after, hq))
-                scores["init_vs_ceiling"].append(psnr(before, ceiling))
-                scores["trained_vs_ceiling"].append(psnr(after, ceiling))
+            hq = to_tensor(decode(row["hq"]))
+            lq = to_tensor(Image.open(io.BytesIO(row["lq"])).convert("RGB").resize((gt, gt), Image.Resampling.BICUBIC))
+            ceiling = trained.decode(trained.encode(hq)).clamp(-1, 1)  # D(E(x_GT)), stage 1's target
+            before = init.decode(init.encode_lq(lq))
+            after = trained.decode(trained.encode_lq(lq))
+            for key, a, b in (("bicubic", lq, hq), ("vae_ceiling", ceiling, hq), ("edr_init", before, hq),
+                              ("edr_trained", after, hq), ("init_vs_ceiling", before, ceiling),
+                              ("trained_vs_ceiling", after, ceiling)):
+                scores[key].append(psnr(a, b))
     mean = {k: round(float(np.mean(v)), 2) for k, v in scores.items()}
     losses = result["losses"]
-    print(f"stage 1 held-out PSNR (dB, {len(scores['bicubic'])} tiles of {crop} px): {mean}; "
-          f"loss {np.mean([losses[s] for s in range(1, 11)]):.4f} -> {np.mean([losses[s] for s in range(141, 151)]):.4f}")
+    k = max(1, enc.steps // 10)
+    print(f"stage 0 VAE held-out PSNR {vae_psnr:.2f} dB ({stage0['vae']['steps']} steps, "
+          f"{stage0['vae']['seconds']:.0f} s); stage 1 ({enc.steps} steps) on {len(held_rows)} held-out "
+          f"{gt} px pairs, PSNR dB: {mean}; loss {np.mean([losses[s] for s in range(1, k + 1)]):.4f} -> "
+          f"{np.mean([losses[s] for s in range(enc.steps - k + 1, enc.steps + 1)]):.4f}")
     assert all(np.isfinite(v) for v in mean.values())
-    if mean["vae_ceiling"] <= mean["bicubic"]:
-        pytest.xfail(f"the prior's decoder ceiling D(E(x_GT)) {mean['vae_ceiling']} dB is below bicubic "
-                     f"{mean['bicubic']} dB: no E_dr can beat bicubic with this prior ({prior})")
+    # a regression guard just under the 28 dB aim (measured 28.3 dB; 32 norm groups or an 8x VAE give 21-27)
+    assert vae_psnr > 27.0
+    assert mean["vae_ceiling"] > mean["bicubic"] - 3.0  # the decoder is not the obstacle it was (8x: far below)
+    if mean["edr_trained"] <= mean["bicubic"]:
+        pytest.xfail(f"issue 7 (open): stage 1 with the demo budget is below bicubic on held-out pairs: {mean}")
     assert mean["edr_trained"] > mean["bicubic"]
