@@ -68,7 +68,8 @@ def time_restore(model, device: str, dtype: str, size: int, steps: int, repeats:
            "seconds_per_image": round(statistics.median(per_image), 4),
            "seconds_per_step": round(statistics.median(sampling) / steps, 5),
            "steps_per_second": round(steps / statistics.median(sampling), 3),
-           "latent_hw": [r.last_info["sampling_size"][1] // 8, r.last_info["sampling_size"][0] // 8]}
+           "latent_hw": [r.last_info["sampling_size"][1] // r.model.vae_scale_factor,
+                         r.last_info["sampling_size"][0] // r.model.vae_scale_factor]}
     if device == "cuda":
         out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
     return out
