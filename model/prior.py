@@ -71,10 +71,6 @@ class SDXLPrior(nn.Module):
     def train(self, mode: bool = True) -> "SDXLPrior":  # the prior stays in eval mode
         return super().train(False)
 
-    @property
-    def vae_scale_factor(self) -> int:
-        return vae_scale_factor(self.vae)
-
     def component_configs(self) -> dict[str, dict[str, Any]]:
         """The four architecture configs as plain dicts (the single-file header, the digest)."""
         out = {}
@@ -105,6 +101,15 @@ def vae_scale_factor(vae: Any) -> int:
     config = getattr(vae, "config", vae)
     channels = config["block_out_channels"] if isinstance(config, dict) else config.block_out_channels
     return 2 ** (len(channels) - 1)
+
+
+def latent_shape(vae: Any, batch: int, height: int, width: Optional[int] = None) -> tuple[int, int, int, int]:
+    """Shape of the latents of ``batch`` images of height x width px (square when width is None):
+    (B, latent_channels, height / f, width / f), f = :func:`vae_scale_factor`."""
+    f = vae_scale_factor(vae)
+    config = getattr(vae, "config", vae)
+    channels = config["latent_channels"] if isinstance(config, dict) else config.latent_channels
+    return (batch, channels, height // f, (height if width is None else width) // f)
 
 
 # ---------------------------------------------------------------------------------------------

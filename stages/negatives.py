@@ -48,7 +48,7 @@ from PIL import Image
 from catalog.config import ConfigError, check
 from catalog.schemas import pair_id_of
 from model.config import DTYPES as MODEL_DTYPES
-from model.prior import SDXLPrior, load_prior, vae_scale_factor
+from model.prior import SDXLPrior, latent_shape, load_prior
 from model.sampler import GuidedDenoiser, SamplerConfig, sample, sampling_sigmas, seeded_generator
 from stages import degrade_ops as ops
 from catalog.batches import numpy_batch
@@ -280,9 +280,8 @@ class NegativeMaker:
         cfg = self.cfg
         try:
             x = torch.stack([t for _, t in chunk])  # (b, 3, S, S)
-            f = vae_scale_factor(self.model.vae)
-            s, c = cfg.crop_size // f, self.model.vae.config.latent_channels
-            noise = torch.stack([torch.randn((c, s, s), generator=seeded_generator(cfg.seed, rows[i]["pair_id"]))
+            shape = latent_shape(self.model.vae, 1, cfg.crop_size)[1:]  # (4, S/f, S/f)
+            noise = torch.stack([torch.randn(shape, generator=seeded_generator(cfg.seed, rows[i]["pair_id"]))
                                  for i, _ in chunk])  # per pair, independent of the batch
             out = sdedit(self.model, x, noise, cfg).cpu()  # (b, 3, S, S)
             dist = psnr(out, x)

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from catalog.config import check, check_prob, to_dict
 from model.config import ModelConfig
-from model.prior import SDXLPrior, build_prior, save_prior, vae_scale_factor
+from model.prior import SDXLPrior, build_prior, latent_shape, save_prior
 from model.sampler import (Conditioning, GuidedDenoiser, SamplerConfig, discrete_sigmas,
                            sample, sampling_sigmas)
 from model.supir import SUPIRModel
@@ -183,12 +183,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def latent_shape(vae, batch: int, size: int) -> tuple[int, int, int, int]:
-    """Shape of the latents of ``batch`` square images of ``size`` px: (B, C, size/f, size/f)."""
-    f = vae_scale_factor(vae)
-    return (batch, vae.config.latent_channels, size // f, size // f)
-
-
 def use_bf16(mode: str, device: torch.device) -> bool:
     """Whether ``mixed_precision`` (auto, bf16, no) means bf16 autocast on ``device``."""
     if mode != "auto":
@@ -223,9 +217,6 @@ class PriorModel(torch.nn.Module):
     def vae(self):
         return self.prior.vae
 
-    @property
-    def vae_scale_factor(self) -> int:
-        return vae_scale_factor(self.prior.vae)
 
     encode_prompt = SUPIRModel.encode_prompt
     time_ids = SUPIRModel.time_ids
@@ -233,6 +224,7 @@ class PriorModel(torch.nn.Module):
     encode = SUPIRModel.encode
     decode = SUPIRModel.decode
     prior_eps = SUPIRModel.prior_eps
+    vae_scale_factor = SUPIRModel.vae_scale_factor
 
     def forward(self, sample, timestep, encoder_hidden_states, added_cond_kwargs, z_lq=None, conditioning_scale=0.0):
         return self.prior_eps(sample, timestep, encoder_hidden_states, added_cond_kwargs)
@@ -392,6 +384,15 @@ class MetricLog:
 # ---------------------------------------------------------------------------------------------
 # 1. the autoencoder
 
+def _start_training(module: torch.nn.Module, lr: float, cfg: PriorTrainConfig
+                    ) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer, bool]:
+    """Unfreeze ``module`` for training: (its parameters, their AdamW, whether to autocast to bf16)."""
+    module.requires_grad_(True).train()
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    return params, opt, use_bf16(cfg.mixed_precision, module.device)
+
+
 def _step(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], loss: torch.Tensor,
           lr: float, grad_clip: float) -> None:
     for group in optimizer.param_groups:
@@ -438,11 +439,8 @@ def train_vae(vae, crops: CropSampler, cfg: PriorTrainConfig, heldout: torch.Ten
     if cfg.vae_steps > 0:
         init_posterior_std(vae)
     psnr_init = float(psnr(reconstruct(vae, heldout), heldout).mean())
-    vae.requires_grad_(True).train()
-    params = [p for p in vae.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.vae_lr, weight_decay=cfg.weight_decay)
+    params, opt, amp = _start_training(vae, cfg.vae_lr, cfg)
     losses: list[float] = []
-    amp = use_bf16(cfg.mixed_precision, device)
     t0 = time.time()
     for step in tqdm(range(cfg.vae_steps), desc="stage 0: VAE", disable=not cfg.progress):
         x, _ = crops(cfg.batch_size)
@@ -464,9 +462,9 @@ def train_vae(vae, crops: CropSampler, cfg: PriorTrainConfig, heldout: torch.Ten
                                  "vae/psnr_train": float(10 * math.log10(4.0 / max(mse.item(), 1e-10)))})
     seconds = time.time() - t0
     vae.requires_grad_(False).eval()
-    recon = reconstruct(vae, heldout)
-    out = {"psnr_heldout_init": psnr_init, "psnr_heldout": float(psnr(recon, heldout).mean()),
-           "psnr_heldout_min": float(psnr(recon, heldout).min()), "seconds": seconds, "steps": cfg.vae_steps,
+    scores = psnr(reconstruct(vae, heldout), heldout)  # (n,)
+    out = {"psnr_heldout_init": psnr_init, "psnr_heldout": float(scores.mean()),
+           "psnr_heldout_min": float(scores.min()), "seconds": seconds, "steps": cfg.vae_steps,
            **_curve(losses, "mse")}
     metrics.add(cfg.vae_steps, **{"vae/psnr_heldout": out["psnr_heldout"]})
     return out
@@ -556,11 +554,8 @@ def train_unet(model: PriorModel, crops: CropSampler, captions: Sequence[str], c
                                   alphas_cumprod))
 
     loss_init = eval_loss()
-    unet.requires_grad_(True).train()
-    params = [p for p in unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
+    params, opt, amp = _start_training(unet, cfg.unet_lr, cfg)
     losses: list[float] = []
-    amp = use_bf16(cfg.mixed_precision, device)
     t0 = time.time()
     for step in tqdm(range(cfg.unet_steps), desc="stage 0: UNet", disable=not cfg.progress):
         x, idx = crops(cfg.batch_size)

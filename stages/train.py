@@ -143,11 +143,11 @@ def step_generator(cfg: TrainConfig, rank: int, step: int) -> torch.Generator:
 
 def adaptor_inputs(model, cfg: TrainConfig, batch: Batch, rank: int, step: int, device: torch.device) -> tuple:
     """(noise, timesteps, encoder_hidden_states, added_cond_kwargs, latent generator) of a stage-2 step."""
+    from model.prior import latent_shape
+
     g = step_generator(cfg, rank, step)
     b, c = batch.hq.shape[0], cfg.crop_size
-    f = model.vae_scale_factor
-    latent_shape = (b, model.vae.config.latent_channels, c // f, c // f)
-    noise = torch.randn(latent_shape, generator=g).to(device)  # (B, 4, c/f, c/f)
+    noise = torch.randn(latent_shape(model.vae, b, c), generator=g).to(device)  # (B, 4, c/f, c/f)
     timesteps = torch.randint(0, 1000, (b,), generator=g).to(device)
     drop = torch.rand(b, generator=g) < cfg.prompt_dropout
     prompts = ["" if d else cap for d, cap in zip(drop.tolist(), batch.captions)]
