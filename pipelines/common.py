@@ -33,6 +33,13 @@ class Context:
     tracker: Tracker
 
 
+def gpus_if_available(num_gpus: float) -> float:
+    """``num_gpus`` when the Ray cluster has GPUs, else 0 (a CPU-only cluster still runs the stage)."""
+    import ray
+
+    return num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
+
+
 def init_ray(ray_cfg) -> None:
     """Join the cluster of a `ray job submit` (RAY_ADDRESS), a given address, or start a local one."""
     import ray

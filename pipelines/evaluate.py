@@ -34,19 +34,13 @@ from catalog.tracking import RunRef
 from evaluation.baselines import BASELINES_TABLE, KIND, BaselineConfig, Baseliner, degradation_label
 from evaluation.metrics import EvalConfig, check_metric_names, seed_weights
 from evaluation.report import TABLE1_SQL, table1, write_report
-from pipelines.common import Context, LakeWriter, StageActor, run_stage
+from pipelines.common import Context, LakeWriter, StageActor, gpus_if_available, run_stage
 from stages.evaluate import Evaluator
 
 log = logging.getLogger("supir")
 
 SOURCES = ("restorations", BASELINES_TABLE)  # tables whose ok rows are scored
 WORK_KEY = ("pair_id", "method", "run_id")
-
-
-def _has_gpus() -> bool:
-    import ray
-
-    return ray.cluster_resources().get("GPU", 0) > 0
 
 
 def preflight(ctx: Context) -> None:
@@ -73,7 +67,7 @@ def run_baselines(ctx: Context, cfg: Optional[BaselineConfig] = None) -> dict[st
         fn=Baseliner,
         batch_size=cfg.batch_size,
         actors=cfg.actors,
-        num_gpus=cfg.num_gpus_per_actor if _has_gpus() else 0,
+        num_gpus=gpus_if_available(cfg.num_gpus_per_actor),
         columns=["pair_id", "lq", "hq", "scale", "kind", "status"],
         where=("status", "ok"),
     )
@@ -203,7 +197,7 @@ def run_evaluate(ctx: Context, cfg: Optional[EvalConfig] = None) -> dict[str, in
                                 num_cpus=0.1)
             ds = ds.map_batches(StageActor, fn_constructor_args=(Evaluator, cfg), batch_size=cfg.rows_per_batch,
                                 batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=cfg.actors),
-                                num_gpus=cfg.num_gpus_per_actor if _has_gpus() else 0)
+                                num_gpus=gpus_if_available(cfg.num_gpus_per_actor))
             ds = ds.map_batches(LakeWriter(lake.root, "metrics"), batch_format="pyarrow", batch_size=None,
                                 num_cpus=0.1)
             for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

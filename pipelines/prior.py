@@ -130,7 +130,9 @@ def run_prior(ctx) -> Optional[str]:
         if _ray_ready():
             import ray
 
-            gpus = cfg.num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
+            from pipelines.common import gpus_if_available
+
+            gpus = gpus_if_available(cfg.num_gpus)
             task = ray.remote(num_cpus=1, num_gpus=gpus)(_train_task)
             ray.get(task.remote(*args))
         else:
@@ -174,12 +176,12 @@ def run_negatives(ctx, prior: Optional[str] = None) -> dict[str, int]:
     """The negatives stage: kept images (or `pairs/degraded` HQ crops) -> `pairs/negative` (cached, resumable).
 
     ``prior``: the run's prior (run_prior's result); default: run_prior(ctx)."""
-    from pipelines.common import run_stage
+    from pipelines.common import gpus_if_available, run_stage
 
     lake = ctx.lake
     prior = run_prior(ctx) if prior is None else prior
     cfg = negatives_config(ctx, prior)
-    gpus = cfg.num_gpus_per_actor if _cluster_has_gpus() else 0
+    gpus = gpus_if_available(cfg.num_gpus_per_actor)
     if cfg.source == "images":
         # every variant of an image is made in one call, so image_id is an exact resume key
         kept = lake.read("filtered", columns=["image_id", "keep"])
@@ -203,12 +205,6 @@ def run_negatives(ctx, prior: Optional[str] = None) -> dict[str, int]:
         finalize=lambda run: log_negatives(lake, cfg, run),
         **source,
     )
-
-
-def _cluster_has_gpus() -> bool:
-    import ray
-
-    return ray.cluster_resources().get("GPU", 0) > 0
 
 
 def log_negatives(lake: Lake, cfg: NegativesConfig, run: RunRef) -> None:

@@ -43,15 +43,11 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 GRID_ROWS = 4
 
 
-def cluster_has_gpus() -> bool:
-    import ray
-
-    return ray.cluster_resources().get("GPU", 0) > 0
-
-
 def restore_actors(ds, cfg: RestoreConfig, timings: bool = False):
     """``ds`` (pair_id, lq[, caption, scale]) -> RESTORATIONS rows, through an actor pool of Restorers."""
     from ray.data import ActorPoolStrategy
+
+    from pipelines.common import gpus_if_available
 
     return ds.map_batches(
         Restorer,
@@ -59,7 +55,7 @@ def restore_actors(ds, cfg: RestoreConfig, timings: bool = False):
         fn_constructor_kwargs={"timings": timings},
         batch_size=cfg.batch_size,
         compute=ActorPoolStrategy(min_size=1, max_size=cfg.actors),
-        num_gpus=cfg.num_gpus_per_actor if cluster_has_gpus() else 0,
+        num_gpus=gpus_if_available(cfg.num_gpus_per_actor),
     )
 
 
@@ -170,7 +166,7 @@ def restore_folder(cfg: RestoreConfig, input_dir: str | Path, output_dir: str | 
 
 def run_restore(ctx, cfg: Optional[RestoreConfig] = None) -> dict[str, int]:
     """The `restore` stage of the full pipeline: ok rows of `pairs` -> `restorations` (cached, resumable)."""
-    from pipelines.common import run_stage
+    from pipelines.common import gpus_if_available, run_stage
 
     cfg = cfg or ctx.cfg.restore
     return run_stage(
@@ -185,7 +181,7 @@ def run_restore(ctx, cfg: Optional[RestoreConfig] = None) -> dict[str, int]:
         fn=Restorer,
         batch_size=cfg.batch_size,
         actors=cfg.actors,
-        num_gpus=cfg.num_gpus_per_actor if cluster_has_gpus() else 0,
+        num_gpus=gpus_if_available(cfg.num_gpus_per_actor),
         columns=["pair_id", "lq", "hq", "caption", "scale", "status"],
         where=("status", "ok"),
         finalize=lambda run: log_lake_restorations(ctx.lake, cfg, run),
