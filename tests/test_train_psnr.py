@@ -10,31 +10,20 @@ photo by name is held out of both stages. Stage 1 uses the demo's ``train.encode
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from evaluation.stage1 import pair_tensors, stage1_scores
 from model.config import ModelConfig
 from stages.train import LocalSession, load_parts, train_loop
-from stages.train_data import decode
 from train_helpers import make_pairs, sample_photos
 
 pytestmark = pytest.mark.slow
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR of images in [-1, 1] (peak-to-peak 2)."""
-    return float(10 * torch.log10(4.0 / ((a.clamp(-1, 1) - b) ** 2).mean()))
-
-
-def to_tensor(img: Image.Image | np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
 def test_stage0_vae_and_stage1_on_held_out_pairs_with_the_demo_budget(tmp_path):
@@ -64,20 +53,11 @@ def test_stage0_vae_and_stage1_on_held_out_pairs_with_the_demo_budget(tmp_path):
     init, trained = build_model(mcfg), build_model(mcfg)
     load_parts(trained, tmp_path / "stage1" / f"checkpoint_{enc.steps:08d}" / "model")
 
-    scores: dict[str, list[float]] = {k: [] for k in ("bicubic", "vae_ceiling", "edr_init", "edr_trained",
-                                                      "init_vs_ceiling", "trained_vs_ceiling")}
-    with torch.no_grad():
-        for row in held_rows:
-            hq = to_tensor(decode(row["hq"]))
-            lq = to_tensor(Image.open(io.BytesIO(row["lq"])).convert("RGB").resize((gt, gt), Image.Resampling.BICUBIC))
-            ceiling = trained.decode(trained.encode(hq)).clamp(-1, 1)  # D(E(x_GT)), stage 1's target
-            before = init.decode(init.encode_lq(lq))
-            after = trained.decode(trained.encode_lq(lq))
-            for key, a, b in (("bicubic", lq, hq), ("vae_ceiling", ceiling, hq), ("edr_init", before, hq),
-                              ("edr_trained", after, hq), ("init_vs_ceiling", before, ceiling),
-                              ("trained_vs_ceiling", after, ceiling)):
-                scores[key].append(psnr(a, b))
-    mean = {k: round(float(np.mean(v)), 2) for k, v in scores.items()}
+    pairs = pair_tensors(held_rows)
+    before, after = stage1_scores(init, pairs), stage1_scores(trained, pairs)
+    mean = {"bicubic": after["bicubic"], "vae_ceiling": after["vae_ceiling"], "edr_init": before["edr"],
+            "edr_trained": after["edr"], "init_vs_ceiling": before["edr_vs_ceiling"],
+            "trained_vs_ceiling": after["edr_vs_ceiling"]}
     losses = result["losses"]
     k = max(1, enc.steps // 10)
     print(f"stage 0 VAE held-out PSNR {vae_psnr:.2f} dB ({stage0['vae']['steps']} steps, "
