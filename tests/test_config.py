@@ -26,6 +26,16 @@ def test_overrides_apply_and_validate():
         load_config(ROOT / "configs/demo.yaml", ["filter.min_side=big"])
 
 
+def test_exponent_notation_is_a_float_in_overrides_and_files(tmp_path):
+    # plain YAML 1.1 (yaml.safe_load) reads 2e-4 as the string '2e-4', which the lr check rejects
+    cfg = load_config(ROOT / "configs/demo.yaml", ["train.encoder.lr=2e-4", "train.adaptor.lr=1E-5"])
+    assert (cfg.train.encoder.lr, cfg.train.adaptor.lr) == (2e-4, 1e-5)
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  encoder:\n    lr: 3e-4\ntracking:\n  run_name: 1e\n")
+    cfg = load_config(path)
+    assert cfg.train.encoder.lr == 3e-4 and cfg.tracking.run_name == "1e"
+
+
 @pytest.mark.parametrize(
     "data, message",
     [
