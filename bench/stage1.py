@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
     ap.add_argument("--photos", nargs="+", default=[str(ROOT / "data" / "samples")])
     ap.add_argument("--holdout", type=int, default=1, help="last N photos held out of both stages")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides, as pipelines/full.py takes them (e.g. prior_train.recolor=0.5 train.encoder.lr=2e-4)")
     ap.add_argument("--prior", default="", help="an existing stage-0 folder (skips stage 0)")
     ap.add_argument("--vae-steps", type=int, default=0, help="stage-0 VAE steps (0: the config's)")
     ap.add_argument("--steps", type=int, default=0, help="stage-1 steps (0: the config's)")
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     from train_helpers import make_pairs
 
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     photos = collect_photos(args.photos)
     if len(photos) <= args.holdout or args.holdout < 1:
         raise SystemExit(f"--holdout {args.holdout}: needs at least one photo on each side, found {len(photos)} photos")

@@ -192,7 +192,8 @@ def setup_data(cfg: TrainConfig, session: Session, degrade: Optional[Any] = None
     if cfg.on_the_fly_degradation and degrade is None:
         degrade = DegradeConfig()
     return TrainExamples(session.rows(), cfg.batch_size, cfg.crop_size, seed=cfg.seed, rank=session.rank,
-                         fixed_batch=cfg.fixed_batch, degrade=degrade if cfg.on_the_fly_degradation else None)
+                         fixed_batch=cfg.fixed_batch, degrade=degrade if cfg.on_the_fly_degradation else None,
+                         color_shuffle=cfg.color_shuffle)
 
 
 def load_parts(model, folder: str | os.PathLike, parts: Sequence[str] = ("encoder", "adaptor", "connectors")) -> None:

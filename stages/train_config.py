@@ -59,6 +59,11 @@ class TrainConfig:
     """Degrade each HQ crop anew at every step (the degrade stage's code and config) instead of
     using the stored LQ of the pair."""
 
+    color_shuffle: float = 0.0
+    """Probability that a training pair gets one random permutation of its RGB channels (HQ and LQ
+    alike): stage 1 on a few photos then keeps the colour range that stage 0's VAE learnt with
+    prior_train.color_shuffle. Leave it 0 for the adaptor, whose captions name colours."""
+
     fixed_batch: bool = False
     """Train on the batch of step 0 over and over, same noise and timesteps (overfitting check)."""
 
@@ -122,7 +127,8 @@ class TrainConfig:
         check(self.grad_clip >= 0, f"{p}.grad_clip", self.grad_clip, "a number >= 0 (0: off)")
         check(self.ema_decay is None or 0 < self.ema_decay < 1, f"{p}.ema_decay", self.ema_decay,
               "null or a number in (0, 1)")
-        check(0 <= self.prompt_dropout <= 1, f"{p}.prompt_dropout", self.prompt_dropout, "a probability in [0, 1]")
+        for name in ("prompt_dropout", "color_shuffle"):
+            check(0 <= getattr(self, name) <= 1, f"{p}.{name}", getattr(self, name), "a probability in [0, 1]")
         check(self.crop_size >= 16 and self.crop_size % 8 == 0, f"{p}.crop_size", self.crop_size,
               "a multiple of 8, >= 16")
         check(self.mixed_precision in ("auto", "bf16", "no"), f"{p}.mixed_precision", self.mixed_precision,

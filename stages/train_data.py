@@ -93,7 +93,8 @@ class TrainExamples:
     """
 
     def __init__(self, rows: Sequence[Mapping[str, Any]], batch_size: int, crop_size: int, seed: int = 0,
-                 rank: int = 0, fixed_batch: bool = False, degrade: Optional[Any] = None):
+                 rank: int = 0, fixed_batch: bool = False, degrade: Optional[Any] = None,
+                 color_shuffle: float = 0.0):
         if not rows:
             raise ValueError("no training rows on this worker: is the `pairs` table empty (status ok)?")
         self.rows = [dict(r) for r in rows]
@@ -103,6 +104,7 @@ class TrainExamples:
         self.rank = rank
         self.fixed_batch = fixed_batch
         self.degrade = degrade
+        self.color_shuffle = color_shuffle
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -136,6 +138,11 @@ class TrainExamples:
         lq = torch.stack(lqs)
         if self.degrade is not None:
             hq, lq = self._degrade(hq, [str(r["pair_id"]) for r in rows], key_step)
+        if self.color_shuffle > 0:  # one permutation per pair, the same for HQ and LQ
+            for i in range(len(rows)):
+                if float(torch.rand((), generator=g)) < self.color_shuffle:
+                    perm = torch.randperm(3, generator=g)
+                    hq[i], lq[i] = hq[i, perm], lq[i, perm]
         return Batch(hq * 2 - 1, lq * 2 - 1, [str(r.get("caption") or "") for r in rows],
                      [str(r["pair_id"]) for r in rows], [str(r.get("kind") or "degraded") for r in rows])
 

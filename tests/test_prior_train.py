@@ -11,8 +11,8 @@ from catalog.config import ConfigError, from_dict
 from model.config import ModelConfig
 from model.prior import build_prior, load_prior
 from model.supir import build_model
-from stages.prior_train import (CropSampler, PriorModel, PriorTrainConfig, grid_crops, lr_at, psnr, split_holdout,
-                                train_prior)
+from stages.prior_train import (CropSampler, PriorModel, PriorTrainConfig, grid_crops, lr_at, psnr, recolor,
+                                split_holdout, train_prior)
 from prior_fixtures import sample_images, torch_threads, trained_prior
 
 # TEST_PRIOR is a smoke-sized stage 0 (200 VAE steps at 32 px): on the 8 sample photos it measured
@@ -52,6 +52,29 @@ def test_crops_are_seeded_and_in_range():
     assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1) and lr_at(100, 100, 1.0, 10) == pytest.approx(0.1)
     x = torch.rand(2, 3, 8, 8) * 2 - 1
     assert torch.isinf(psnr(x, x)).sum() == 0 and psnr(x, x).min() > 90
+
+
+def test_recolor_maps_each_channel_affinely_from_one_source_channel():
+    x = torch.rand(6, 3, 16, 16) * 2 - 1
+    y = recolor(x, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(y, recolor(x, 1.0, torch.Generator().manual_seed(0)))  # seeded
+    assert torch.equal(recolor(x, 0.0, torch.Generator().manual_seed(0)), x)
+    assert y.min() >= -1 and y.max() <= 1 and not torch.allclose(y, x)
+    for i in range(len(x)):
+        sources = []
+        for c in range(3):
+            # y[i, c] = low + (x[i, s] + 1) / 2 * width for exactly one source channel s, width in [0.5, 2]
+            fits = []
+            for s in range(3):
+                a = torch.stack([(x[i, s].flatten() + 1) / 2, torch.ones(256)], 1)
+                sol = torch.linalg.lstsq(a, y[i, c].flatten()[:, None]).solution.flatten()
+                if torch.allclose(a @ sol, y[i, c].flatten(), atol=1e-5):
+                    fits.append((s, float(sol[0])))
+            assert len(fits) == 1 and 0.5 <= fits[0][1] <= 2.0 + 1e-5
+            sources.append(fits[0][0])
+        assert sorted(sources) == [0, 1, 2]  # a permutation
+    with pytest.raises(ConfigError, match="prior_train.recolor"):
+        PriorTrainConfig(recolor=-0.1)
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ registration in the MLflow registry and loading by name and alias (stages/train.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from pathlib import Path
 
@@ -57,6 +58,23 @@ def test_batches_are_a_function_of_the_step(rows):
     assert a.position(7) == {"samples_seen": 21, "epoch": 5, "index_in_epoch": 1}
     fixed = TrainExamples(rows, 2, 64, fixed_batch=True)
     assert torch.equal(fixed.batch(0).lq, fixed.batch(9).lq)
+
+
+def test_color_shuffle_permutes_hq_and_lq_alike(rows):
+    plain = TrainExamples(rows, 4, 64, seed=2).batch(3)
+    shuffled = TrainExamples(rows, 4, 64, seed=2, color_shuffle=1.0).batch(3)
+    assert shuffled.pair_ids == plain.pair_ids
+    changed = 0
+    for i in range(4):
+        # one permutation of the channels, found from HQ, maps LQ exactly too
+        perms = [p for p in itertools.permutations(range(3)) if torch.equal(shuffled.hq[i], plain.hq[i, list(p)])]
+        assert perms, f"pair {i}: HQ is not a channel permutation of the unshuffled crop"
+        assert any(torch.equal(shuffled.lq[i], plain.lq[i, list(p)]) for p in perms)
+        changed += not torch.equal(shuffled.hq[i], plain.hq[i])
+    assert changed >= 1
+    assert torch.equal(TrainExamples(rows, 4, 64, seed=2, color_shuffle=0.0).batch(3).hq, plain.hq)
+    with pytest.raises(ConfigError, match=r"train.encoder.color_shuffle = 2 .*probability"):
+        TrainConfig(color_shuffle=2)
 
 
 def test_shards_and_captions(rows):
