@@ -61,8 +61,8 @@ class TrainConfig:
 
     color_shuffle: float = 0.0
     """Probability that a training pair gets one random permutation of its RGB channels (HQ and LQ
-    alike): stage 1 on a few photos then keeps the colour range that stage 0's VAE learnt with
-    prior_train.color_shuffle. Leave it 0 for the adaptor, whose captions name colours."""
+    alike), for stage 1 on a few photos after a VAE trained with prior_train.recolor. Leave it 0
+    for the adaptor, whose captions name colours."""
 
     fixed_batch: bool = False
     """Train on the batch of step 0 over and over, same noise and timesteps (overfitting check)."""
