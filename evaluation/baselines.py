@@ -28,6 +28,7 @@ from PIL import Image
 from catalog.batches import numpy_batch
 from catalog.config import check, digest
 from catalog.schemas import RESTORATIONS
+from model.devices import resolve_device
 
 METHODS = ("bicubic", "realesrgan")
 KIND = "degraded"  # the kind of pairs that baselines restore and evaluate scores
@@ -94,9 +95,7 @@ class Baseliner:
         from evaluation.realesrgan import load_realesrgan
 
         self.cfg = cfg
-        dev = cfg.device
-        self.device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if dev == "auto" else dev))
+        self.device = resolve_device(cfg.device)
         dtype = torch.float16 if cfg.half and self.device.type == "cuda" else torch.float32
         self.model = None
         if "realesrgan" in cfg.methods:

@@ -124,12 +124,6 @@ def check_metric_names(cfg: EvalConfig) -> None:
               f"a pyiqa metric name (pyiqa.list_models()) or one of {', '.join(EXTRA_METRICS)}")
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 # ---------------------------------------------------------------------------------------------
 # the weights folder
 

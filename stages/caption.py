@@ -35,11 +35,11 @@ from transformers.generation import TemperatureLogitsWarper, TopPLogitsWarper
 
 from catalog.batches import numpy_batch
 from catalog.config import check
+from model.devices import TORCH_DTYPES, resolve_device, resolve_dtype
 
 SUPIR_PROMPT = "Describe this image and its style in a very detailed manner."
 # llava-1.5's conversation format, for processors saved without a chat template
 FALLBACK_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # from_pretrained's dtype argument: `dtype` in transformers 5, `torch_dtype` in 4.x
 DTYPE_KWARG = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
@@ -91,7 +91,7 @@ class CaptionConfig:
               "llava or alt-text")
         check(self.mode in ("sample", "greedy"), "caption.mode", self.mode, "sample or greedy")
         check(bool(self.model.strip()), "caption.model", self.model, "a local folder or a hub id")
-        check(self.dtype == "auto" or self.dtype in DTYPES, "caption.dtype", self.dtype,
+        check(self.dtype == "auto" or self.dtype in TORCH_DTYPES, "caption.dtype", self.dtype,
               "auto, float32, float16 or bfloat16")
         dev = self.device
         check(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
@@ -161,20 +161,6 @@ class SeededSampler(LogitsProcessor):
         return out.scatter_(1, picks[:, None], 0.0)  # (B, V)
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
-
-
-def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype != "auto":
-        return DTYPES[dtype]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
 def _column(batch: dict[str, np.ndarray], name: str, n: int) -> list[Any]:
     return list(batch[name]) if name in batch else [None] * n
 
@@ -218,8 +204,8 @@ class Captioner:
 
     def __init__(self, cfg: CaptionConfig):
         self.cfg = cfg
-        self.device = _resolve_device(cfg.device)
-        self.dtype = _resolve_dtype(cfg.dtype, self.device)
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
         self.processor = AutoProcessor.from_pretrained(cfg.model)
         tok = self.processor.tokenizer
         tok.padding_side = "left"  # decoder-only generation continues from the right end

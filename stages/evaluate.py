@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from catalog.schemas import METRICS
-from evaluation.metrics import EvalConfig, Metric, load_metric, resolve_device, score
+from evaluation.metrics import EvalConfig, Metric, load_metric, score
+from model.devices import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -130,11 +130,11 @@ class Filterer:
         self.metrics = {}
         if cfg.iqa:
             import pyiqa
-            import torch
 
-            device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
-            self.device = device
-            self.metrics = {name: pyiqa.create_metric(name, device=device) for name in cfg.iqa}
+            from model.devices import resolve_device
+
+            self.device = str(resolve_device(cfg.device))
+            self.metrics = {name: pyiqa.create_metric(name, device=self.device) for name in cfg.iqa}
 
     def _iqa(self, img: Image.Image) -> dict[str, float]:
         if not self.metrics:

@@ -48,6 +48,7 @@ from PIL import Image
 from catalog.config import ConfigError, check
 from catalog.schemas import pair_id_of
 from model.config import DTYPES as MODEL_DTYPES
+from model.devices import resolve_device, resolve_dtype
 from model.prior import SDXLPrior, latent_shape, load_prior
 from model.sampler import GuidedDenoiser, SamplerConfig, sample, sampling_sigmas, seeded_generator
 from stages import degrade_ops as ops
@@ -56,7 +57,7 @@ from stages.degrade import PAIR_COLUMNS, PAIR_DTYPES, decode_rgb, encode_png
 from stages.degrade_apply import degrade_target
 from stages.degrade_config import DegradeConfig
 from stages.degrade_draw import draw_params
-from stages.prior_train import NEGATIVE_QUALITY_PROMPT, PriorModel, psnr, resolve_device
+from stages.prior_train import NEGATIVE_QUALITY_PROMPT, PriorModel, psnr
 
 log = logging.getLogger(__name__)
 
@@ -219,12 +220,7 @@ class NegativeMaker:
     def __init__(self, cfg: NegativesConfig, prior: Optional[SDXLPrior] = None):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        if cfg.dtype != "auto":
-            dtype = getattr(torch, cfg.dtype)
-        elif self.device.type == "cuda" and torch.cuda.is_bf16_supported():
-            dtype = torch.bfloat16
-        else:
-            dtype = torch.float32
+        dtype = resolve_dtype(cfg.dtype, self.device, cuda_fallback=torch.float32)
         if prior is None:
             if not cfg.prior:
                 raise ConfigError("negatives.prior = '' is not allowed here: expected the prior's folder, file or hub "

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from catalog.config import check, check_prob, to_dict
 from model.config import ModelConfig
+from model.devices import resolve_device
 from model.prior import SDXLPrior, build_prior, latent_shape, save_prior
 from model.sampler import (Conditioning, GuidedDenoiser, SamplerConfig, discrete_sigmas,
                            sample, sampling_sigmas)
@@ -184,12 +185,6 @@ class PriorTrainConfig:
               "auto, bf16 or no")
         check(self.num_threads >= 0, "prior_train.num_threads", self.num_threads, "an integer >= 0")
         check(self.num_gpus >= 0, "prior_train.num_gpus", self.num_gpus, "a number >= 0")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def use_bf16(mode: str, device: torch.device) -> bool:

@@ -34,13 +34,13 @@ from PIL import Image, UnidentifiedImageError
 from catalog.batches import numpy_batch
 from catalog.config import check, digest, to_dict
 from model.colorfix import COLOR_FIXES, color_fix
+from model.devices import TORCH_DTYPES, resolve_device, resolve_dtype
 from model.sampler import Conditioning, GuidedDenoiser, SamplerConfig, sample, sampling_sigmas, seeded_generator
 from model.tiling import TiledDenoiser, TilingConfig, tiled_apply
 
 log = logging.getLogger(__name__)
 
 RESTORE_COLUMNS = ("pair_id", "run_id", "method", "status", "error", "restored", "params", "seconds")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -103,7 +103,7 @@ class RestoreConfig:
         dev = self.device
         check(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
               "restore.device", dev, "auto, cpu, cuda or cuda:N")
-        check(self.dtype == "auto" or self.dtype in DTYPES, "restore.dtype", self.dtype,
+        check(self.dtype == "auto" or self.dtype in TORCH_DTYPES, "restore.dtype", self.dtype,
               "auto, float32, float16 or bfloat16")
         check(self.color_fix in COLOR_FIXES, "restore.color_fix", self.color_fix, "one of " + ", ".join(COLOR_FIXES))
         check(self.min_size >= 64 and self.min_size % 8 == 0, "restore.min_size", self.min_size,
@@ -217,14 +217,8 @@ class Restorer:
         from model.checkpoint import load_model
 
         self.cfg = cfg
-        self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                                   else ("cpu" if cfg.device == "auto" else cfg.device))
-        if cfg.dtype != "auto":
-            self.dtype = DTYPES[cfg.dtype]
-        elif self.device.type == "cuda":
-            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
-            self.dtype = torch.float32
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
         if model is None:
             model = load_model(resolve_model_path(cfg.model), prior_source=cfg.prior, device=self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
