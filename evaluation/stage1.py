@@ -19,13 +19,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * torch.log10(4.0 / ((a.clamp(-1, 1) - b) ** 2).mean()))
 
 
-def to_tensor(img: Image.Image | np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 image -> (1, 3, H, W) float32 in [-1, 1]."""
-    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-
-
 def pair_tensors(rows: Sequence[Mapping[str, Any]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`pairs` rows -> (HQ, LQ upscaled bicubic to the HQ size) tensors; the LQ is also the bicubic baseline."""
+    from stages.restore import to_tensor
     from stages.train_data import decode
 
     out = []
