@@ -19,6 +19,7 @@ so that readers never add a column from the path.
 """
 from __future__ import annotations
 
+import ast
 import datetime as _dt
 import hashlib
 import json
@@ -83,12 +84,81 @@ def base_table(table: str) -> str:
     return table.split("/", 1)[0]
 
 
-def code_digest(*modules: Any) -> str:
-    """sha256 over the source files of the given modules: editing a stage invalidates its cache."""
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: the folder that holds catalog/
+
+
+def _module_file(name: str, root: Path) -> Path | None:
+    """The source file of project module ``name`` under ``root`` (``a.b`` -> a/b.py or a/b/__init__.py)."""
+    base = root.joinpath(*name.split("."))
+    for f in (base.with_suffix(".py"), base / "__init__.py"):
+        if f.is_file():
+            return f
+    return None
+
+
+def _file_module(path: Path, root: Path) -> str:
+    rel = path.relative_to(root).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def _imports(path: Path, root: Path) -> set[str]:
+    """Project modules that ``path`` imports anywhere in its body (function-level imports included)."""
+    module = _file_module(path, root)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                up = package.split(".") if package else []
+                up = up[: len(up) - (node.level - 1)] if node.level > 1 else up
+                base = ".".join([*up, node.module] if node.module else up)
+            else:
+                base = node.module or ""
+            # ``from pkg import name``: name may be a submodule or an attribute of pkg
+            names = [base, *(f"{base}.{a.name}" for a in node.names if a.name != "*")]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            # a dotted import also runs every package __init__ on its way
+            for i in range(1, len(parts) + 1):
+                if _module_file(".".join(parts[:i]), root) is not None:
+                    found.add(".".join(parts[:i]))
+    return found
+
+
+def module_closure(*modules: Any, root: Path | None = None) -> list[Path]:
+    """The source files of ``modules`` and of every project module they import, transitively.
+
+    Imports are read from the source (``ast``), not from ``sys.modules``, so a lazy import inside a
+    function counts as well; modules outside ``root`` (torch, diffusers, ...) are not followed."""
+    root = Path(root or ROOT).resolve()
+    todo = [m if isinstance(m, str) else m.__name__ for m in modules]
+    seen: dict[str, Path] = {}
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path = _module_file(name, root)
+        if path is None:
+            raise ValueError(f"code_digest: module {name!r} is not a file under {root}")
+        seen[name] = path
+        todo.extend(_imports(path, root) - seen.keys())
+    return sorted(seen.values())
+
+
+def code_digest(*modules: Any, root: Path | None = None) -> str:
+    """sha256 over the source of ``modules`` (module objects or dotted names) and of every project
+    module they import, transitively: editing any file a stage runs invalidates its cache, and no
+    hand-written list of modules can forget one."""
+    root = Path(root or ROOT).resolve()
     h = hashlib.sha256()
-    for m in modules:
-        path = Path(m.__file__)
-        h.update(path.name.encode())
+    for path in module_closure(*modules, root=root):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(b"\0")
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 

@@ -15,13 +15,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-import stages.caption as caption_mod
-import stages.degrade as degrade_mod
-import stages.degrade_apply as degrade_apply_mod
-import stages.degrade_config as degrade_config_mod
-import stages.degrade_draw as degrade_draw_mod
-import stages.degrade_kernels as degrade_kernels_mod
-import stages.degrade_ops as degrade_ops_mod
 from catalog.lake import code_digest
 from pipelines.common import Context, run_stage
 from stages.caption import CaptionConfig, captioner_class
@@ -71,7 +64,7 @@ def run_caption(ctx: Context) -> dict[str, int]:
         table="captions",
         inputs=["filtered", "images"],
         section=cfg,
-        code=code_digest(caption_mod),
+        code=code_digest("stages.caption"),
         input_table="images",
         key="image_id",
         columns=["image_id", "bytes", "alt_text"],
@@ -107,7 +100,7 @@ def run_degrade(ctx: Context) -> dict[str, int]:
         table="pairs/degraded",
         inputs=["filtered", "images"],
         section=cfg,
-        code=code_digest(degrade_mod, degrade_config_mod, degrade_apply_mod, degrade_draw_mod, degrade_kernels_mod, degrade_ops_mod),
+        code=code_digest("stages.degrade"),
         input_table="images",
         key="image_id",
         columns=["image_id", "bytes"],

@@ -24,10 +24,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-import evaluation.baselines as baselines_mod
-import evaluation.metrics as metrics_mod
-import evaluation.realesrgan as realesrgan_mod
-import stages.evaluate as evaluate_mod
 from catalog.config import digest, to_dict
 from catalog.lake import Lake, StageSpec, code_digest
 from catalog.tracking import RunRef
@@ -61,7 +57,7 @@ def run_baselines(ctx: Context, cfg: Optional[BaselineConfig] = None) -> dict[st
         table=BASELINES_TABLE,
         inputs=["pairs"],
         section=cfg,
-        code=code_digest(baselines_mod, realesrgan_mod),
+        code=code_digest("evaluation.baselines"),
         input_table="pairs",
         key="pair_id",
         fn=Baseliner,
@@ -172,7 +168,7 @@ def run_evaluate(ctx: Context, cfg: Optional[EvalConfig] = None) -> dict[str, in
         log.info("evaluate: weights folder %s: %s", cfg.weights_dir, seeded)
     import pyiqa
 
-    code = f"{code_digest(evaluate_mod, metrics_mod)}:pyiqa-{pyiqa.__version__}:{weights_digest(cfg.weights_dir)}"
+    code = f"{code_digest("stages.evaluate")}:pyiqa-{pyiqa.__version__}:{weights_digest(cfg.weights_dir)}"
     spec = StageSpec("evaluate", "metrics", {t: lake.digest(t) for t in ("pairs",) + SOURCES}, digest(cfg), code)
     state = lake.begin(spec)
     with ctx.tracker.stage("evaluate", params=to_dict(cfg), state=state) as run:

@@ -53,15 +53,12 @@ def _train(ctx: Context, stage: str) -> dict:
 
     A changed spec starts the stage's Ray Train run afresh; the same spec after a kill resumes it
     from its latest checkpoint (pipelines/train.py)."""
-    import stages.train as train_mod
-    import stages.train_config as train_config_mod
-    import stages.train_data as train_data_mod
 
     _prior(ctx)
     lake, section = ctx.lake, ctx.cfg.train
     spec = StageSpec(f"train_{stage}", f"_stages/train_{stage}", {t: lake.digest(t) for t in ("pairs", "captions")},
                      digest({"train": section.stage(stage), "model": ctx.cfg.model, "name": section.name}),
-                     code_digest(train_mod, train_config_mod, train_data_mod))
+                     code_digest("stages.train"))
     state = lake.begin(spec)
     if state == "cached":
         log.info("train_%s: cached (inputs, config and code unchanged)", stage)

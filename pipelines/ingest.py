@@ -12,10 +12,6 @@ import logging
 import pyarrow as pa
 import pyarrow.compute as pc
 
-import stages.crawl as crawl_mod
-import stages.crawl_http as crawl_http_mod
-import stages.crawl_sources as crawl_sources_mod
-import stages.filter as filter_mod
 from catalog.lake import StageSpec, code_digest
 from pipelines.common import Context, run_stage
 from stages.crawl import Fetcher, apply_duplicates, mark_duplicates, read_sources
@@ -66,7 +62,7 @@ def run_crawl(ctx: Context) -> dict[str, int]:
         table="images",
         inputs=["sources"],
         section=cfg,
-        code=code_digest(crawl_mod, crawl_http_mod, crawl_sources_mod),
+        code=code_digest("stages.crawl"),
         input_table="sources",
         key="row",
         fn=Fetcher,
@@ -118,7 +114,7 @@ def run_filter(ctx: Context) -> dict[str, int]:
         table="filtered",
         inputs=["images"],
         section=cfg,
-        code=code_digest(filter_mod),
+        code=code_digest("stages.filter"),
         input_table="images",
         key="image_id",
         columns=["image_id", "url", "bytes", "status"],

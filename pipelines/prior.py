@@ -33,11 +33,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-import model.sampler as sampler_mod
-import stages.degrade_apply as degrade_apply_mod
-import stages.degrade_draw as degrade_draw_mod
-import stages.negatives as negatives_mod
-import stages.prior_train as prior_train_mod
 from catalog.config import ConfigError, apply_overrides, digest, from_dict, load_yaml, to_dict
 from catalog.lake import Lake, code_digest
 from catalog.tracking import RunRef, Tracker, TrackingConfig
@@ -85,7 +80,7 @@ def prior_key(ctx, uses_captions: bool) -> str:
     cfg, model_cfg, lake = ctx.cfg.prior_train, ctx.cfg.model, ctx.lake
     section = {k: v for k, v in to_dict(cfg).items() if k not in _RUNTIME_FIELDS}
     inputs = {t: lake.digest(t) for t in ("filtered", "images") + (("captions",) if uses_captions else ())}
-    code = code_digest(prior_train_mod, sampler_mod)
+    code = code_digest("stages.prior_train")
     return digest({"prior_train": section, "preset": model_cfg.preset, "seed": model_cfg.seed,
                    "inputs": inputs, "code": code})[:16]
 
@@ -196,7 +191,7 @@ def run_negatives(ctx, prior: Optional[str] = None) -> dict[str, int]:
         stage="negatives",
         table=NEGATIVES,
         section=cfg,
-        code=code_digest(negatives_mod, prior_train_mod, sampler_mod, degrade_apply_mod, degrade_draw_mod),
+        code=code_digest("stages.negatives"),
         key="image_id",
         fn=NegativeMaker,
         batch_size=cfg.batch_size,

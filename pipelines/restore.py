@@ -28,9 +28,6 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 import numpy as np
 from PIL import Image
 
-import model.colorfix as colorfix_mod
-import model.sampler as sampler_mod
-import model.tiling as tiling_mod
 import stages.restore as restore_mod
 from catalog.config import ConfigError, apply_overrides, from_dict, to_dict
 from catalog.lake import code_digest
@@ -175,7 +172,7 @@ def run_restore(ctx, cfg: Optional[RestoreConfig] = None) -> dict[str, int]:
         table=f"restorations/{cfg.resolved_run_id()}",  # one partition per sampler setting: runs compare in SQL
         inputs=["pairs"],
         section=cfg,
-        code=code_digest(restore_mod, sampler_mod, tiling_mod, colorfix_mod),
+        code=code_digest("stages.restore"),
         input_table="pairs/degraded",  # negatives are training targets, not restoration inputs
         key="pair_id",
         fn=Restorer,
