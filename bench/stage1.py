@@ -94,20 +94,20 @@ def main(argv: list[str] | None = None) -> dict:
                         "vae_psnr_heldout": round(stage0["vae"]["psnr_heldout"], 3),
                         "seconds": round(time.perf_counter() - t0, 1)}
 
-    gt = cfg.degrade.gt_size
     enc = cfg.train.encoder
     overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size)) if v}
     enc = dataclasses.replace(enc, **overrides, checkpoint_every=args.eval_every, keep_checkpoints=10**6,
                               progress=True, use_gpu=args.device.startswith("cuda"))
-    train_rows = make_pairs(train, gt_size=gt, variants=cfg.degrade.variants_per_image).to_pylist()
+    # pairs made with the run's degrade section, so --set degrade.* takes effect
+    train_rows = make_pairs(train, variants=cfg.degrade.variants_per_image, degrade=cfg.degrade).to_pylist()
     model_cfg = ModelConfig(preset="tiny", prior=str(prior))
     t1 = time.perf_counter()
     train_loop(enc, model_cfg, LocalSession(train_rows, out / "stage1", keep=10**6))
     result["stage1"] = {"steps": enc.steps, "lr": enc.lr, "batch_size": enc.batch_size, "crop_size": enc.crop_size,
                         "train_pairs": len(train_rows), "seconds": round(time.perf_counter() - t1, 1)}
 
-    sets = {"held_out": pair_tensors(make_pairs(held, gt_size=gt, variants=args.held_variants).to_pylist()),
-            "train": pair_tensors(make_pairs(train, gt_size=gt, variants=1).to_pylist())}
+    sets = {"held_out": pair_tensors(make_pairs(held, variants=args.held_variants, degrade=cfg.degrade).to_pylist()),
+            "train": pair_tensors(make_pairs(train, variants=1, degrade=cfg.degrade).to_pylist())}
     model = build_model(model_cfg)
     scores = {name: {"init": stage1_scores(model, pairs)} for name, pairs in sets.items()}
     for step in sorted({*range(args.eval_every, enc.steps + 1, args.eval_every), enc.steps}):

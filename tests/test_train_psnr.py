@@ -45,8 +45,9 @@ def test_stage0_vae_and_stage1_on_held_out_pairs_with_the_demo_budget(tmp_path):
     vae_psnr = stage0["vae"]["psnr_heldout"]
     train_idx, held_idx = split_holdout(len(photos), max(1, stage0["config"]["holdout_images"]))
     gt = demo.degrade.gt_size
-    train_rows = make_pairs([photos[i] for i in train_idx], gt_size=gt, variants=demo.degrade.variants_per_image).to_pylist()
-    held_rows = make_pairs([photos[i] for i in held_idx], gt_size=gt, variants=8).to_pylist()
+    train_rows = make_pairs([photos[i] for i in train_idx], variants=demo.degrade.variants_per_image,
+                            degrade=demo.degrade).to_pylist()
+    held_rows = make_pairs([photos[i] for i in held_idx], variants=8, degrade=demo.degrade).to_pylist()
     mcfg = ModelConfig(preset="tiny", prior=str(prior))
     enc = dataclasses.replace(demo.train.encoder, checkpoint_every=demo.train.encoder.steps, progress=False)
     result = train_loop(enc, mcfg, LocalSession(train_rows, tmp_path / "stage1"))
