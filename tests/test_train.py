@@ -168,7 +168,9 @@ def test_registered_model_loads_by_name_and_alias(rows, tmp_path, monkeypatch):
     Image.fromarray(decode(rows[0]["lq"])).save(png, format="PNG")
     out = restorer({"pair_id": np.array(["p"], dtype=object), "lq": np.array([png.getvalue()], dtype=object)})
     assert list(out["status"]) == ["ok"]
-    with pytest.raises(Exception):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="nosuchalias"):
         resolve_model_path("models:/supir@nosuchalias", tracker.uri)
 
 

@@ -26,7 +26,10 @@ pytestmark = pytest.mark.slow
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
-def test_stage0_vae_and_stage1_on_held_out_pairs_with_the_demo_budget(tmp_path):
+@pytest.fixture(scope="module")
+def demo_budget_run(tmp_path_factory):
+    """Stage 0 (VAE) and stage 1 with the demo's budget, scored on held-out pairs (run once per module)."""
+    tmp_path = tmp_path_factory.mktemp("stage1")
     from model.supir import build_model
     from pipelines.config import load_config
     from stages.prior_train import read_stage0, split_holdout, train_prior
@@ -65,10 +68,19 @@ def test_stage0_vae_and_stage1_on_held_out_pairs_with_the_demo_budget(tmp_path):
           f"{stage0['vae']['seconds']:.0f} s); stage 1 ({enc.steps} steps) on {len(held_rows)} held-out "
           f"{gt} px pairs, PSNR dB: {mean}; loss {np.mean([losses[s] for s in range(1, k + 1)]):.4f} -> "
           f"{np.mean([losses[s] for s in range(enc.steps - k + 1, enc.steps + 1)]):.4f}")
+    return vae_psnr, mean
+
+
+def test_stage0_vae_and_the_decoder_ceiling_on_held_out_pairs(demo_budget_run):
+    vae_psnr, mean = demo_budget_run
     assert all(np.isfinite(v) for v in mean.values())
     # a regression guard just under the 28 dB aim (measured 28.3 dB; 32 norm groups or an 8x VAE give 21-27)
     assert vae_psnr > 27.0
     assert mean["vae_ceiling"] > mean["bicubic"] - 3.0  # the decoder is not the obstacle it was (8x: far below)
-    if mean["edr_trained"] <= mean["bicubic"]:
-        pytest.xfail(f"issue 7 (open): stage 1 with the demo budget is below bicubic on held-out pairs: {mean}")
+
+
+@pytest.mark.xfail(strict=True, reason="issue 7 (blocked): with the demo budget, stage 1 stays below bicubic on "
+                                       "held-out pairs (25.5 vs 27.5 dB measured); strict, so a pass is reported")
+def test_stage1_beats_bicubic_on_held_out_pairs(demo_budget_run):
+    _, mean = demo_budget_run
     assert mean["edr_trained"] > mean["bicubic"]
