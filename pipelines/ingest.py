@@ -25,7 +25,7 @@ def write_sources(ctx: Context) -> int:
     cfg, lake = ctx.cfg.crawl, ctx.lake
     table = read_sources(cfg)
     h = hashlib.sha256()
-    for col in ("url", "alt_text", "source"):
+    for col in ("url", "alt_text", "source", "local"):  # "local" decides what may be read from disk
         h.update(repr(table.column(col).to_pylist()).encode())
     content = h.hexdigest()[:16]
     spec = StageSpec("sources", "sources", {}, content + f":{cfg.shard_rows}", "")
