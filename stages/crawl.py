@@ -339,10 +339,10 @@ def mark_duplicates(images: pa.Table | Mapping[str, Any]) -> dict[int, int]:
     dups: dict[int, int] = {}
     for r, i in order:
         key = images["image_id"][i]
-        if key in first:
-            dups[r] = first[key]
-        else:
+        if key not in first:
             first[key] = r
+        elif first[key] != r:  # a second copy of the kept row itself is never its own duplicate
+            dups[r] = first[key]
     return dups
 
 

@@ -72,6 +72,19 @@ def read_sources(cfg: CrawlConfig) -> pa.Table:
     )
 
 
+def check_sources(cfg: CrawlConfig) -> None:
+    """Cheap preflight (before Ray starts): every local spec exists or its glob matches; ConfigError if not.
+    URLs and ``hf:`` specs are checked when read."""
+    for spec in cfg.sources:
+        if spec.lower().startswith(("http://", "https://", "file://", "hf:")):
+            continue
+        if glob.has_magic(spec):
+            if not glob.glob(str(Path(spec).expanduser()), recursive=True):
+                raise _error(spec, "matches no file")
+        elif not Path(spec).expanduser().exists():
+            raise _error(spec, f"is not a URL, a file, a folder or a glob with matches (no such path {spec!r})")
+
+
 def _error(spec: str, why: str) -> ConfigError:
     return ConfigError(f"crawl.sources: {spec!r} {why}")
 
