@@ -11,13 +11,13 @@ Reasons read ``gate:value<threshold``; SQL groups them with ``split_part(reason,
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 from PIL import Image
 
+from catalog import codec
 from catalog.config import ConfigError, check
 
 # pyiqa metrics that need no downloaded weights (they always work offline)
@@ -149,11 +149,9 @@ class Filterer:
         cfg = self.cfg
         out: dict = {}
         try:
-            img = Image.open(io.BytesIO(data))
-            img.load()
-            img = img.convert("RGB")
-        except Exception as e:
-            return {"keep": False, "reason": f"decode_error:{type(e).__name__}"}
+            img = codec.decode_rgb(data)  # the project's one decoder: orientation, 16-bit, alpha
+        except codec.DecodeError as e:
+            return {"keep": False, "reason": f"{e.status}:{str(e)[:80]}"}
         w, h = img.size
         out.update(width=w, height=h)
         small = _resize_short(img, cfg.sharpness_side)

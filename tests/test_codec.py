@@ -91,3 +91,26 @@ def test_png_round_trip_is_exact():
     arr = gradient()
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(codec.encode_png(arr)))), arr)
     assert np.array_equal(codec.decode_array(codec.encode_png(Image.fromarray(arr), compress_level=1)), arr)
+
+
+def test_every_stage_decodes_through_the_codec():
+    """filter, caption, degrade and training see the same upright, scaled pixels."""
+    from stages.caption import decode_image as caption_decode
+    from stages.degrade import decode_rgb as degrade_decode
+    from stages.filter import FilterConfig, Filterer
+    from stages.train_data import decode as train_decode
+
+    rotated = jpeg_with_orientation(gradient(), 6)
+    upright = codec.decode_array(rotated)
+    assert np.array_equal(degrade_decode(rotated), upright)
+    assert np.array_equal(train_decode(rotated), upright)
+    assert caption_decode(rotated, 48).size == (48, 64)  # portrait, as shown
+    row = Filterer(FilterConfig(min_side=1, max_aspect=10.0)).one(rotated)
+    assert (row["width"], row["height"]) == (48, 64)
+
+    a16 = np.full((48, 64), 30000, np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(a16).save(buf, format="PNG")
+    grey = buf.getvalue()
+    for decoded in (degrade_decode(grey), train_decode(grey), np.asarray(caption_decode(grey, 48))):
+        assert (decoded == round(30000 * 255 / 65535)).all()  # not white
