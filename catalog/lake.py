@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 MARK = "_lake.json"  # written in a lake's root when the lake is created
 QUARANTINE = "_quarantine"  # bad and stray parts are moved here, never deleted
+# what the project itself writes in a lake root besides tables (MLflow's store, stage records, ...)
+OWN_ENTRIES = {MARK, "_lock.json", QUARANTINE, "_stages", "_models", "train", "reports", "mlflow.db", "mlartifacts"}
 
 
 class SchemaError(ValueError):
@@ -220,8 +222,22 @@ class Lake:
             raise LakeError(f"lake: {root!r} is a file, not a folder")
         if info.type == pafs.FileType.NotFound:
             self.fs.create_dir(self.base, recursive=True)
-        if not self.marked() and not self.fs.get_file_info(pafs.FileSelector(self.base)):
-            self._write_json(f"{self.base}/{MARK}", {"lake": 1, "created_at": _now()})  # empty: a new lake
+        if not self.marked() and self._adoptable():
+            self._write_json(f"{self.base}/{MARK}", {"lake": 1, "created_at": _now()})
+
+    def _adoptable(self) -> bool:
+        """An unmarked root becomes a lake when it holds nothing but what this project writes there:
+        empty (a new lake), or only an MLflow store and table folders that carry a stage's
+        ``_started.json`` (a lake from before marks). A folder of anything else is left alone."""
+        for entry in self.fs.get_file_info(pafs.FileSelector(self.base)):
+            name = entry.path.rstrip("/").rsplit("/", 1)[-1]
+            if name in OWN_ENTRIES:
+                continue
+            started = [f"{entry.path}/_started.json", f"{entry.path}/_manifest.json"]
+            if name in TABLES and any(self.fs.get_file_info(f).type == pafs.FileType.File for f in started):
+                continue
+            return False
+        return True
 
     def marked(self) -> bool:
         """Whether the root carries the mark of a lake made here (tables are cleared only then)."""

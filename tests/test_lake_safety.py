@@ -164,3 +164,16 @@ def test_duplicates_keep_one_row_even_when_rows_repeat():
                                                      "format", "num_bytes", "bytes", "seconds")},
                           "url": ["u"] * 4, "fetched_at": [None] * 4, **data})
     assert apply_duplicates(table, dups).column("status").to_pylist() == ["ok", "ok", "duplicate", "duplicate"]
+
+
+def test_a_lake_from_before_marks_is_adopted_a_foreign_folder_is_not(tmp_path):
+    old = tmp_path / "old"
+    (old / "images").mkdir(parents=True)
+    (old / "images" / "_started.json").write_text("{}")
+    (old / "mlflow.db").write_bytes(b"")
+    assert Lake(old).marked()
+    mixed = tmp_path / "mixed"
+    (mixed / "images").mkdir(parents=True)
+    (mixed / "images" / "_started.json").write_text("{}")
+    (mixed / "thesis.pdf").write_bytes(b"%PDF")
+    assert not Lake(mixed).marked()
