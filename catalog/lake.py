@@ -46,6 +46,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from catalog.lake_parts import part_list, part_problems, quarantine
 from catalog.schemas import EXTRA_PREFIXES, TABLES
 
 
@@ -366,7 +367,7 @@ class Lake:
             # same spec, damaged output: keep the good parts, set the bad ones aside, redo the rest
             log.warning("%s: %s; repairing: bad and stray parts go to %s, missing rows are redone",
                         spec.table, "; ".join(problems), QUARANTINE)
-            self._quarantine(spec.table, m)
+            quarantine(self.fs, self.path(spec.table), m, f"{self.base}/{QUARANTINE}/{spec.table}")
             self.fs.delete_file(f"{self.path(spec.table)}/_manifest.json")
             self._write_json(f"{self.path(spec.table)}/_started.json", want)
             return "resume"
@@ -382,7 +383,7 @@ class Lake:
 
     def finish(self, spec: StageSpec, counts: dict[str, int], extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write the manifest that makes the next identical run a cache hit."""
-        parts = self._parts(spec.table)
+        parts = part_list(self.fs, self.path(spec.table))
         m = {
             "spec": spec.to_json(),
             "counts": {k: int(v) for k, v in sorted(counts.items())},
@@ -396,63 +397,23 @@ class Lake:
         self._write_json(f"{self.path(spec.table)}/_manifest.json", m)
         return m
 
-    # -- integrity -----------------------------------------------------------------------
-    def _rel(self, table: str, path: str) -> str:
-        return path[len(self.path(table)) + 1:]
-
-    def _parts(self, table: str) -> list[dict[str, Any]]:
-        """name (relative to the table's folder), size and row count of every finished part."""
-        out = []
-        for f in self.files(table):
-            size = self.fs.get_file_info(f).size
-            with self.fs.open_input_file(f) as fh:
-                rows = pq.ParquetFile(fh).metadata.num_rows
-            out.append({"name": self._rel(table, f), "size": int(size), "rows": int(rows)})
-        return out
-
+    # -- integrity (catalog/lake_parts.py) -------------------------------------------------
     def problems(self, table: str, m: dict[str, Any]) -> list[str]:
-        """How a finished table's files differ from its manifest (empty: they match). A manifest
-        from before parts were recorded cannot be checked and passes."""
-        if "parts" not in m:
-            return []
-        found = {self._rel(table, f): self.fs.get_file_info(f).size for f in self.files(table)}
-        out = []
-        for part in m["parts"]:
-            size = found.pop(part["name"], None)
-            if size is None:
-                out.append(f"part {part['name']} ({part['rows']} rows) listed in the manifest is missing")
-            elif size != part["size"]:
-                out.append(f"part {part['name']} is {size} bytes, the manifest says {part['size']} (truncated or replaced)")
-        out += [f"stray file {name} is not in the manifest" for name in sorted(found)]
-        return out
+        """How a finished table's parts differ from its manifest ``m`` (empty: they match)."""
+        return part_problems(self.fs, self.path(table), m)
 
     def verify(self, table: str) -> None:
         """Raise LakeError if a finished table (or any finished partition of it) does not match its manifest."""
-        info = self.fs.get_file_info(self.path(table))
-        if info.type != pafs.FileType.Directory:
+        if self.fs.get_file_info(self.path(table)).type != pafs.FileType.Directory:
             return
-        sel = pafs.FileSelector(self.path(table), recursive=True)
-        for i in self.fs.get_file_info(sel):
+        for i in self.fs.get_file_info(pafs.FileSelector(self.path(table), recursive=True)):
             if not i.path.endswith("/_manifest.json"):
                 continue
-            folder = self._rel(table, i.path.rsplit("/", 1)[0]) if i.path.rsplit("/", 1)[0] != self.path(table) else ""
-            name = f"{table}/{folder}" if folder else table
+            name = table + i.path[len(self.path(table)):-len("/_manifest.json")]  # the table or a partition
             bad = self.problems(name, self._read_json(i.path) or {})
             if bad:
                 raise LakeError(f"table {name!r} in lake {self.root!r}: {'; '.join(bad)}. Rerun the stage that "
                                 f"writes it: it sets bad parts aside in {QUARANTINE}/ and redoes the missing rows")
-
-    def _quarantine(self, table: str, m: dict[str, Any]) -> None:
-        listed = {p["name"]: p["size"] for p in m.get("parts", [])}
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-        for f in self.files(table):
-            name = self._rel(table, f)
-            if listed.get(name) == self.fs.get_file_info(f).size:
-                continue
-            target = f"{self.base}/{QUARANTINE}/{stamp}/{table}/{name}"
-            self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-            self.fs.move(f, target)
-            log.warning("%s: moved %s to %s", table, name, target)
 
     def done_keys(self, table: str, key: str) -> set:
         """Keys already present in a table's finished parts (for resume)."""
