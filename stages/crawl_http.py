@@ -116,10 +116,15 @@ class _Watchdog:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.disarm()
+        _current.watchdog = None
+
+    def disarm(self) -> None:
+        """Stop watching; called before the connection goes back to the pool, so that a late
+        timer can never shut down a connection another request has taken."""
         self._timer.cancel()
         with self._lock:
             self.conn = None
-        _current.watchdog = None
 
     def attach(self, conn) -> None:  # type: ignore[no-untyped-def]
         with self._lock:
@@ -257,7 +262,7 @@ class HttpClient:
             check_host(parts.hostname, port)
         with _Watchdog(cfg.download_timeout_s) as watchdog:
             try:
-                result = self._exchange(url)
+                result = self._exchange(url, watchdog)
             except FetchError as e:
                 if watchdog.expired and e.status != "too_large":
                     raise FetchError("timeout", f"response not complete within download_timeout_s "
@@ -268,7 +273,7 @@ class HttpClient:
                                             f"{cfg.download_timeout_s}s", retry=True)
         return result
 
-    def _exchange(self, url: str) -> Download | str:
+    def _exchange(self, url: str, watchdog: _Watchdog) -> Download | str:
         """Send one GET and read the answer (see _once); every failure is a FetchError."""
         cfg = self.cfg
         deadline = time.monotonic() + cfg.download_timeout_s
@@ -317,6 +322,7 @@ class HttpClient:
         except (LocationParseError, ValueError, UnicodeError) as e:
             raise FetchError("bad_url", _short(e)) from None
         finally:
+            watchdog.disarm()
             if response is not None:
                 # a response we did not read to the end cannot be reused: drop its connection
                 response.close()
