@@ -73,7 +73,8 @@ class CrawlConfig:
     timeout_s: float = 10.0
     """Connect timeout, and longest wait for the next bytes of a response."""
     download_timeout_s: float = 60.0
-    """Longest time one attempt may take from request to last byte (slow-drip guard)."""
+    """Longest time one attempt may take from request to last byte, status line and headers
+    included (slow-drip guard: a watchdog shuts the socket when it passes)."""
     retries: int = 2
     """Extra attempts after a 5xx, 429, timeout or broken connection (never after a 4xx)."""
     backoff_s: float = 0.5
