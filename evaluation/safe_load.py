@@ -23,8 +23,6 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-
 # torch.hub's own rule (HASH_REGEX): the hex after the last '-' and before the extension
 HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,64})\.[A-Za-z0-9]+$")
 _lock = threading.Lock()
@@ -64,6 +62,8 @@ def check_name_hash(path: str | os.PathLike) -> None:
 @contextlib.contextmanager
 def guarded_loads() -> Iterator[None]:
     """Within the block, torch.load is weights-only and checks hash-named files (see the module doc)."""
+    import torch  # here, so that stages importing this module without IQA gates do not load torch
+
     original = torch.load
 
     def load(f: Any, *args: Any, **kwargs: Any) -> Any:
