@@ -221,10 +221,13 @@ class Lake:
         info = self.fs.get_file_info(self.base)
         if info.type == pafs.FileType.File:
             raise LakeError(f"lake: {root!r} is a file, not a folder")
-        if info.type == pafs.FileType.NotFound:
-            self.fs.create_dir(self.base, recursive=True)
-        if not self.marked() and self._adoptable():
-            self._write_json(f"{self.base}/{MARK}", {"lake": 1, "created_at": _now()})
+        try:
+            if info.type == pafs.FileType.NotFound:
+                self.fs.create_dir(self.base, recursive=True)
+            if not self.marked() and self._adoptable():
+                self._write_json(f"{self.base}/{MARK}", {"lake": 1, "created_at": _now()})
+        except OSError as e:  # before any stage (and Ray) starts, not half way
+            raise LakeError(f"lake: {root!r} cannot be created or written: {e}") from None
 
     def _adoptable(self) -> bool:
         """An unmarked root becomes a lake when it holds nothing but what this project writes there:

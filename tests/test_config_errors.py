@@ -48,3 +48,10 @@ def test_a_missing_crawl_source_fails_in_preflight(tmp_path):
     cfg = load_config(None, [f"crawl.sources=['{tmp_path / 'nowhere.txt'}']", "stages=[crawl]"])
     with pytest.raises(ConfigError, match="nowhere.txt"):
         preflight(SimpleNamespace(cfg=cfg))  # before any Ray call
+
+
+def test_a_lake_that_cannot_be_created_is_a_lake_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(LakeError, match="cannot be created or written"):
+        Lake(blocker / "lake")  # a parent that is a file (root ignores permission bits, so no chmod)
