@@ -132,14 +132,11 @@ def _to_rgb(im: Image.Image, alpha: str, notes: list[str]) -> Image.Image:
         scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
         notes.append("float samples scaled to 8-bit")
         im = Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), "L")
-    if im.mode == "P" and "transparency" in im.info or im.mode in ("PA",):
-        im = im.convert("RGBA")
-    elif im.mode in ("L", "P", "1") and "transparency" in im.info:
+    if im.mode in ("L", "P", "1") and "transparency" in im.info:  # palette or colour-key transparency
         im = im.convert("RGBA")
     if im.mode in ALPHA_MODES:
         rgba = im.convert("RGBA")
-        lo, hi = rgba.getchannel("A").getextrema()
-        if lo < 255:
+        if rgba.getchannel("A").getextrema()[0] < 255:
             if alpha == "drop":
                 notes.append("alpha dropped")
             else:

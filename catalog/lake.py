@@ -49,7 +49,6 @@ import pyarrow.parquet as pq
 from catalog.lake_parts import part_list, part_problems, quarantine
 from catalog.schemas import EXTRA_PREFIXES, TABLES
 
-
 log = logging.getLogger(__name__)
 
 MARK = "_lake.json"  # written in a lake's root when the lake is created

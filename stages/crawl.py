@@ -35,7 +35,14 @@ from PIL import Image
 from catalog.config import check
 from catalog.schemas import IMAGES, image_id_of
 from stages.crawl_http import FetchError, HttpClient
-from stages.crawl_sources import HF_SCHEME, open_hf_image, parse_hf_ref, read_local_file, read_sources, under_roots
+from stages.crawl_sources import (
+    HF_SCHEME,
+    open_hf_image,
+    parse_hf_ref,
+    read_local_file,
+    read_sources,
+    under_roots,
+)
 
 __all__ = [
     "CrawlConfig",

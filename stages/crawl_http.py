@@ -110,7 +110,7 @@ class _Watchdog:
         self._timer = threading.Timer(seconds, self._fire)
         self._timer.daemon = True
 
-    def __enter__(self) -> "_Watchdog":
+    def __enter__(self) -> _Watchdog:
         _current.watchdog = self
         self._timer.start()
         return self

@@ -131,12 +131,11 @@ def test_one_writer_per_lake(tmp_path):
     lake = Lake(tmp_path / "lake")
     with lake_lock(lake, "run-one") as run_id:
         assert json.loads((tmp_path / "lake" / LOCK).read_text())["run_id"] == run_id == "run-one"
-        with pytest.raises(LakeLocked, match="in use by run run-one"):
-            with lake_lock(Lake(tmp_path / "lake"), "run-two"):
-                pass
+        with pytest.raises(LakeLocked, match="in use by run run-one"), lake_lock(Lake(tmp_path / "lake"), "run-two"):
+            pass
     assert not (tmp_path / "lake" / LOCK).exists()
     # a lock left by a dead process of this host is taken over
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     import socket
     (tmp_path / "lake" / LOCK).write_text(json.dumps({"run_id": "killed", "host": socket.gethostname(),
                                                       "pid": int(dead.stdout)}))

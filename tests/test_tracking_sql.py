@@ -87,17 +87,21 @@ def test_sql_is_read_only_unless_asked(tmp_path, capsys):
     lake_root = str(tmp_path / "lake")  # no MLflow store yet: empty mlflow_* views
     lake = Lake(lake_root)
     part = lake.write_part("images", pa.table({"url": ["a", "b"], "status": ["ok", "ok"]}))
-    before = open(part, "rb").read()
+    with open(part, "rb") as f:
+        before = f.read()
     secret = tmp_path / "secret.csv"
     secret.write_text("k\nsecret-value\n")
-    q = lambda s: "'" + str(s).replace("'", "''") + "'"  # noqa: E731
+    def q(s) -> str:
+        return "'" + str(s).replace("'", "''") + "'"
+
     attacks = [f"COPY (SELECT * FROM images WHERE false) TO {q(part)} (FORMAT parquet, USE_TMP_FILE false)",
                f"COPY (SELECT 1) TO {q(tmp_path / 'out.csv')}", f"ATTACH {q(tmp_path / 'x.duckdb')}",
                f"SELECT * FROM read_csv({q(secret)})", "SET enable_external_access = true"]
     for attack in attacks:
         assert sql.main(["--lake", lake_root, attack]) == 2, attack
         assert "SQL error" in capsys.readouterr().err
-    assert open(part, "rb").read() == before and not (tmp_path / "out.csv").exists()
+    with open(part, "rb") as f:
+        assert f.read() == before and not (tmp_path / "out.csv").exists()
     assert not (tmp_path / "x.duckdb").exists()
     assert sql.connect(lake_root).execute("SELECT count(*) FROM images WHERE status = 'ok'").fetchone()[0] >= 2
     assert sql.main(["--lake", lake_root, "--writable", f"COPY (SELECT 1 AS one) TO {q(tmp_path / 'out.csv')}"]) == 0
