@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 MARK = "_lake.json"  # written in a lake's root when the lake is created
 QUARANTINE = "_quarantine"  # bad and stray parts are moved here, never deleted
 # what the project itself writes in a lake root besides tables (MLflow's store, stage records, ...)
-OWN_ENTRIES = {MARK, "_lock.json", QUARANTINE, "_stages", "_models", "train", "reports", "mlflow.db", "mlartifacts"}
+OWN_ENTRIES = {MARK, "_lock.json", QUARANTINE, "_stages", "_models", "train", "priors", "reports", "mlflow.db",
+               "mlartifacts"}
 
 
 class SchemaError(ValueError):
