@@ -12,6 +12,17 @@ also carries two small JSON files that make stages cacheable and resumable:
 
 A rerun with a different spec clears the table and starts fresh. Nothing here imports Ray.
 
+Guards against losing data:
+
+- The manifest lists every part (name, size, rows). Reading a table, or digesting it as a
+  stage's input, checks the parts against it: a missing, truncated or stray part is a LakeError
+  that names the table and the file. A rerun of the stage that writes the table moves bad and
+  stray files aside into ``<root>/_quarantine/`` (never deleted) and resumes, redoing only the
+  rows that are missing.
+- A lake is marked when created (``_lake.json`` in its root). Tables are cleared only in a
+  marked lake, so pointing ``lake:`` at a folder that holds other files deletes nothing.
+- One writer at a time: see catalog/lake_lock.py.
+
 A table may be split into partitions, ``<table>/<partition>`` (for example ``pairs/degraded``
 and ``pairs/negative``, or ``restorations/<run_id>``), each written by one stage with its own
 manifest; reading ``<table>`` reads every partition. Partition folders carry no ``key=value``
@@ -23,6 +34,7 @@ import ast
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -34,11 +46,24 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from catalog.lake_parts import part_list, part_problems, quarantine
 from catalog.schemas import EXTRA_PREFIXES, TABLES
+
+log = logging.getLogger(__name__)
+
+MARK = "_lake.json"  # written in a lake's root when the lake is created
+QUARANTINE = "_quarantine"  # bad and stray parts are moved here, never deleted
+# what the project itself writes in a lake root besides tables (MLflow's store, stage records, ...)
+OWN_ENTRIES = {MARK, "_lock.json", QUARANTINE, "_stages", "_models", "train", "priors", "reports", "mlflow.db",
+               "mlartifacts"}
 
 
 class SchemaError(ValueError):
     """Rows handed to the lake do not fit the table's schema."""
+
+
+class LakeError(ValueError):
+    """The lake's files do not match its manifests, or the lake path cannot be a lake."""
 
 
 def conform(table_name: str, data: pa.Table) -> pa.Table:
@@ -182,6 +207,9 @@ class Lake:
 
     def __init__(self, root: str | os.PathLike):
         root = str(root)
+        if not root.strip():
+            raise LakeError("lake: an empty path is not allowed (it would be the working directory); "
+                            "give a folder such as 'lake' or a URI such as s3://bucket/prefix")
         if "://" in root and not root.startswith("file://"):
             self.fs, self.base = pafs.FileSystem.from_uri(root)
             self.local = False
@@ -190,7 +218,34 @@ class Lake:
             self.base = os.path.abspath(root.removeprefix("file://"))
             self.local = True
         self.root = root
-        self.fs.create_dir(self.base, recursive=True)
+        info = self.fs.get_file_info(self.base)
+        if info.type == pafs.FileType.File:
+            raise LakeError(f"lake: {root!r} is a file, not a folder")
+        try:
+            if info.type == pafs.FileType.NotFound:
+                self.fs.create_dir(self.base, recursive=True)
+            if not self.marked() and self._adoptable():
+                self._write_json(f"{self.base}/{MARK}", {"lake": 1, "created_at": _now()})
+        except OSError as e:  # before any stage (and Ray) starts, not half way
+            raise LakeError(f"lake: {root!r} cannot be created or written: {e}") from None
+
+    def _adoptable(self) -> bool:
+        """An unmarked root becomes a lake when it holds nothing but what this project writes there:
+        empty (a new lake), or only an MLflow store and table folders that carry a stage's
+        ``_started.json`` (a lake from before marks). A folder of anything else is left alone."""
+        for entry in self.fs.get_file_info(pafs.FileSelector(self.base)):
+            name = entry.path.rstrip("/").rsplit("/", 1)[-1]
+            if name in OWN_ENTRIES:
+                continue
+            started = [f"{entry.path}/_started.json", f"{entry.path}/_manifest.json"]
+            if name in TABLES and any(self.fs.get_file_info(f).type == pafs.FileType.File for f in started):
+                continue
+            return False
+        return True
+
+    def marked(self) -> bool:
+        """Whether the root carries the mark of a lake made here (tables are cleared only then)."""
+        return self.fs.get_file_info(f"{self.base}/{MARK}").type == pafs.FileType.File
 
     # -- paths ---------------------------------------------------------------------------
     def path(self, table: str) -> str:
@@ -215,6 +270,7 @@ class Lake:
 
     # -- read ----------------------------------------------------------------------------
     def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        self.verify(table)
         files = self.files(table)
         if not files:
             empty = TABLES[base_table(table)].empty_table()
@@ -223,10 +279,14 @@ class Lake:
         return pa.concat_tables(parts, promote_options="default")
 
     def digest(self, table: str) -> str:
-        """Identity of a table's current content: its manifest if complete, else its part names and sizes."""
+        """Identity of a table's current content: its manifest's spec, counts and parts if complete
+        (not its timings: re-finishing the same content changes nothing downstream), else its part
+        names and sizes. Raises LakeError when the parts do not match the manifest."""
+        self.verify(table)
         m = self.manifest(table)
         if m is not None:
-            return hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()[:16]
+            content = {k: m.get(k) for k in ("spec", "counts", "parts")}
+            return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
         h = hashlib.sha256()
         for f in self.files(table):
             h.update(f"{os.path.basename(f)}:{self.fs.get_file_info(f).size}".encode())
@@ -269,6 +329,11 @@ class Lake:
     def clear(self, table: str) -> None:
         info = self.fs.get_file_info(self.path(table))
         if info.type == pafs.FileType.Directory:
+            if not self.marked():
+                raise LakeError(
+                    f"lake {self.root!r} has no {MARK}: it was not created as a lake here, so {self.path(table)!r} "
+                    f"is not cleared (it may hold your files). Use a new or empty folder for lake:, or, if this "
+                    f"is a lake from an older version, create the mark: echo '{{}}' > {self.base}/{MARK}")
             self.fs.delete_dir_contents(self.path(table))
 
     # -- manifests -----------------------------------------------------------------------
@@ -276,7 +341,14 @@ class Lake:
         if self.fs.get_file_info(path).type != pafs.FileType.File:
             return None
         with self.fs.open_input_stream(path) as f:
-            return json.loads(f.read().decode())
+            raw = f.read()
+        try:
+            obj = json.loads(raw.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise LakeError(f"{path}: not valid JSON ({e}); delete it (the stage then resumes from its parts)") from None
+        if not isinstance(obj, dict):
+            raise LakeError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+        return obj
 
     def _write_json(self, path: str, obj: dict[str, Any]) -> None:
         tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
@@ -292,7 +364,16 @@ class Lake:
         want = spec.to_json()
         m = self.manifest(spec.table)
         if m is not None and m.get("spec") == want:
-            return "cached"
+            problems = self.problems(spec.table, m)
+            if not problems:
+                return "cached"
+            # same spec, damaged output: keep the good parts, set the bad ones aside, redo the rest
+            log.warning("%s: %s; repairing: bad and stray parts go to %s, missing rows are redone",
+                        spec.table, "; ".join(problems), QUARANTINE)
+            quarantine(self.fs, self.path(spec.table), m, f"{self.base}/{QUARANTINE}/{spec.table}")
+            self.fs.delete_file(f"{self.path(spec.table)}/_manifest.json")
+            self._write_json(f"{self.path(spec.table)}/_started.json", want)
+            return "resume"
         started = self._read_json(f"{self.path(spec.table)}/_started.json")
         if started is not None and started == want and m is None:
             state = "resume"
@@ -305,17 +386,37 @@ class Lake:
 
     def finish(self, spec: StageSpec, counts: dict[str, int], extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write the manifest that makes the next identical run a cache hit."""
+        parts = part_list(self.fs, self.path(spec.table))
         m = {
             "spec": spec.to_json(),
             "counts": {k: int(v) for k, v in sorted(counts.items())},
             "rows": int(sum(counts.values())),
-            "files": len(self.files(spec.table)),
-            "completed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+            "files": len(parts),
+            "parts": parts,
+            "completed_at": _now(),
         }
         if extra:
             m.update(extra)
         self._write_json(f"{self.path(spec.table)}/_manifest.json", m)
         return m
+
+    # -- integrity (catalog/lake_parts.py) -------------------------------------------------
+    def problems(self, table: str, m: dict[str, Any]) -> list[str]:
+        """How a finished table's parts differ from its manifest ``m`` (empty: they match)."""
+        return part_problems(self.fs, self.path(table), m)
+
+    def verify(self, table: str) -> None:
+        """Raise LakeError if a finished table (or any finished partition of it) does not match its manifest."""
+        if self.fs.get_file_info(self.path(table)).type != pafs.FileType.Directory:
+            return
+        for i in self.fs.get_file_info(pafs.FileSelector(self.path(table), recursive=True)):
+            if not i.path.endswith("/_manifest.json"):
+                continue
+            name = table + i.path[len(self.path(table)):-len("/_manifest.json")]  # the table or a partition
+            bad = self.problems(name, self._read_json(i.path) or {})
+            if bad:
+                raise LakeError(f"table {name!r} in lake {self.root!r}: {'; '.join(bad)}. Rerun the stage that "
+                                f"writes it: it sets bad parts aside in {QUARANTINE}/ and redoes the missing rows")
 
     def done_keys(self, table: str, key: str) -> set:
         """Keys already present in a table's finished parts (for resume)."""
@@ -329,6 +430,10 @@ class Lake:
             return {}
         vc = pc.value_counts(data.column(column).fill_null("null"))
         return {str(v["values"]): int(v["counts"]) for v in vc.to_pylist()}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat()
 
 
 def pending(rows: pa.Table, key: str, done: Iterable) -> pa.Table:

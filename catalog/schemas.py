@@ -21,6 +21,9 @@ SOURCES = pa.schema(
         pa.field("alt_text", pa.string()),
         pa.field("source", pa.string(), nullable=False),  # the source spec this row came from
         pa.field("row", pa.int64(), nullable=False),  # position in the normalised source list
+        # True: made from a folder, glob, image file or dataset the user named, so the Fetcher may
+        # read it from local disk; False/null: a URL-list row, fetched over http(s) only
+        pa.field("local", pa.bool_()),
     ]
 )
 

@@ -20,6 +20,7 @@ from typing import Optional
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from catalog.lake import Lake
 from catalog.schemas import TABLES
@@ -125,17 +126,27 @@ def _empty_mlflow() -> dict[str, pd.DataFrame]:
     }
 
 
-def connect(lake_root: str, tracking_uri: Optional[str] = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with a view per lake table and per MLflow entity."""
+def connect(lake_root: str, tracking_uri: Optional[str] = None, writable: bool = False) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with a view per lake table and per MLflow entity.
+
+    Read-only unless ``writable``: the tables are handed to DuckDB as Arrow datasets (pyarrow reads
+    the parts), then DuckDB's own file access is switched off (``enable_external_access=false``:
+    no COPY TO, ATTACH, read_csv of other files, extension installs) and the configuration is
+    locked, so a query cannot turn it back on. ``allowed_paths`` is not used: DuckDB lets a query
+    write to an allowed path, and ``COPY ... TO '<part>' (USE_TMP_FILE false)`` would replace a part."""
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
     lake = Lake(lake_root)
     con = duckdb.connect()
-    if not lake.local:
-        con.register_filesystem(_fsspec_for(lake_root))
     for name, schema in TABLES.items():
         files = lake.files(name)
         if files:
-            lst = ", ".join("'" + (f if lake.local else lake.root.split("://")[0] + "://" + f).replace("'", "''") + "'" for f in files)
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{lst}], union_by_name = true)")
+            # union by name: parts may differ in optional columns (iqa_<metric>, ...)
+            unified = pa.unify_schemas([pq.read_schema(f, filesystem=lake.fs) for f in files],
+                                       promote_options="permissive")
+            con.register(f"_{name}_parts", pads.dataset(files, schema=unified, format="parquet", filesystem=lake.fs))
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_parts")
         else:  # an empty view with the table's columns, so canned queries still run
             con.register(f"_{name}_empty", schema.empty_table())
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_empty")
@@ -151,13 +162,10 @@ def connect(lake_root: str, tracking_uri: Optional[str] = None) -> duckdb.DuckDB
            SELECT run_id, key, arg_max(value, step) AS value, max(step) AS step
            FROM mlflow_metrics GROUP BY run_id, key"""
     )
+    if not writable:
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
     return con
-
-
-def _fsspec_for(uri: str):
-    import fsspec
-
-    return fsspec.filesystem(uri.split("://")[0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lake", default=os.environ.get("SUPIR_LAKE", "lake"), help="lake root (default: $SUPIR_LAKE or ./lake)")
     ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the lake's)")
     ap.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    ap.add_argument("--writable", action="store_true",
+                    help="let the SQL read and write files (COPY TO, ATTACH, read_csv, ...): for an operator "
+                         "who means to; by default the connection can read only the lake's views")
     args = ap.parse_args(argv)
-    con = connect(args.lake, args.tracking_uri)
+    con = connect(args.lake, args.tracking_uri, writable=args.writable)
     if args.list:
         print("views:", ", ".join(r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1").fetchall()))
         for k, v in CANNED.items():

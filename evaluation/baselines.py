@@ -15,7 +15,6 @@ compare like with like:
 """
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from catalog import codec
 from catalog.batches import numpy_batch
 from catalog.config import check, digest
 from catalog.schemas import RESTORATIONS
@@ -124,11 +124,9 @@ class Baseliner:
                 continue
             lq, size, err = None, None, None
             try:
-                lq = Image.open(io.BytesIO(bytes(batch["lq"][i])))
-                lq.load()
-                lq = lq.convert("RGB")
+                lq = codec.decode_rgb(bytes(batch["lq"][i]))
                 if "hq" in batch and batch["hq"][i] is not None:
-                    size = Image.open(io.BytesIO(bytes(batch["hq"][i]))).size  # header only
+                    size = codec.header_size(bytes(batch["hq"][i]))
                 else:
                     s = int(scales[i]) if scales[i] is not None else 4
                     size = (lq.width * s, lq.height * s)
@@ -139,9 +137,7 @@ class Baseliner:
                 status, error, png = "decode_error", err, None
                 if err is None:
                     try:
-                        buf = io.BytesIO()
-                        self.restore(method, lq, size).save(buf, format="PNG")
-                        status, png = "ok", buf.getvalue()
+                        status, png = "ok", codec.encode_png(self.restore(method, lq, size))
                     except Exception as e:  # noqa: BLE001 - out of memory and the like
                         status, error = "error", f"{type(e).__name__}: {e}"
                 cols["pair_id"].append(str(pair_id))

@@ -39,6 +39,7 @@ import contextlib
 import io
 import logging
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,7 @@ import numpy as np
 import torch
 
 from catalog.config import check
+from evaluation.safe_load import WeightsTampered, guarded_loads
 
 log = logging.getLogger(__name__)
 
@@ -303,9 +305,13 @@ def load_metric(name: str, weights_dir: str | os.PathLike, device: torch.device,
             return Metric(name, fn, fn.full_reference, fn.lower_better)
         import pyiqa
 
-        with weights_folder(weights_dir, allow_download):
+        with weights_folder(weights_dir, allow_download), guarded_loads():  # no code from weight files
             fn = pyiqa.create_metric(name, device=device)
         return Metric(name, fn, fn.metric_mode == "FR", bool(fn.lower_better))
+    except WeightsTampered as e:
+        return Metric(name, status="error", error=f"WeightsTampered: {str(e)[:500]}")
+    except pickle.UnpicklingError as e:  # weights-only refused a file that holds more than tensors
+        return Metric(name, status="error", error=f"refused to unpickle code from a weight file: {str(e)[:500]}")
     except (WeightsMissing, FileNotFoundError, ImportError) as e:
         return Metric(name, status="unavailable", error=f"{type(e).__name__}: {str(e)[:500]}")
     except Exception as e:  # noqa: BLE001 - e.g. Hugging Face offline errors: still "no weights here"

@@ -6,7 +6,6 @@ Used by tests/test_train_psnr.py (the demo's budget) and bench/stage1.py (any ph
 """
 from __future__ import annotations
 
-import io
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -21,14 +20,14 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def pair_tensors(rows: Sequence[Mapping[str, Any]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`pairs` rows -> (HQ, LQ upscaled bicubic to the HQ size) tensors; the LQ is also the bicubic baseline."""
+    from catalog import codec
     from stages.restore import to_tensor
     from stages.train_data import decode
 
     out = []
     for row in rows:
         hq = decode(row["hq"])
-        with Image.open(io.BytesIO(bytes(row["lq"]))) as im:
-            lq = im.convert("RGB").resize((hq.shape[1], hq.shape[0]), Image.Resampling.BICUBIC)
+        lq = codec.decode_rgb(bytes(row["lq"])).resize((hq.shape[1], hq.shape[0]), Image.Resampling.BICUBIC)
         out.append((to_tensor(hq), to_tensor(lq)))
     return out
 

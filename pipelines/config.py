@@ -74,6 +74,8 @@ class RunConfig:
     evaluate: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
+        check(isinstance(self.lake, str) and self.lake.strip() != "", "lake", self.lake,
+              "a folder or URI (an empty path would be the working directory)")
         for s in self.stages:
             check(s in STAGES, "stages", s, f"stage names among {', '.join(STAGES)}")
 

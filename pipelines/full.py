@@ -21,7 +21,8 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from catalog.config import ConfigError, digest, to_dict
-from catalog.lake import Lake, StageSpec, code_digest
+from catalog.lake import Lake, LakeError, StageSpec, code_digest
+from catalog.lake_lock import lake_lock
 from catalog.schemas import TABLES
 from catalog.tracking import Tracker
 from pipelines.common import Context, init_ray
@@ -109,13 +110,27 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    init_ray(cfg.ray)
-    t0 = time.time()
-    results = {}
-    with tracker.pipeline("full", to_dict(cfg), config_yaml(cfg)) as parent:
-        for stage in cfg.stages:
-            results[stage] = STAGE_RUNNERS[stage](ctx)
-        parent.log_metrics({"seconds": time.time() - t0})
+    except OSError as e:  # e.g. a lake folder that cannot be created
+        print(f"config error: lake {cfg.lake!r}: {e}", file=sys.stderr)
+        return 2
+    try:
+        with lake_lock(lake) as run_id:  # taken before Ray starts: an unwritable or busy lake fails here
+            log.info("lake %s held by run %s", cfg.lake, run_id)
+            init_ray(cfg.ray)
+            t0 = time.time()
+            results = {}
+            with tracker.pipeline("full", to_dict(cfg), config_yaml(cfg)) as parent:
+                for stage in cfg.stages:
+                    results[stage] = STAGE_RUNNERS[stage](ctx)
+                parent.log_metrics({"seconds": time.time() - t0})
+    except LakeError as e:
+        print(f"lake error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if not (e.filename or "").startswith(lake.base):
+            raise
+        print(f"lake error: {e}", file=sys.stderr)
+        return 2
     print_summary(ctx, results, time.time() - t0)
     return 0
 

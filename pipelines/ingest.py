@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 from catalog.lake import StageSpec, code_digest
 from pipelines.common import Context, run_stage
 from stages.crawl import Fetcher, apply_duplicates, mark_duplicates, read_sources
+from stages.crawl_sources import check_sources
 from stages.filter import Filterer, check_iqa_available, near_duplicates
 
 log = logging.getLogger("supir")
@@ -25,7 +26,7 @@ def write_sources(ctx: Context) -> int:
     cfg, lake = ctx.cfg.crawl, ctx.lake
     table = read_sources(cfg)
     h = hashlib.sha256()
-    for col in ("url", "alt_text", "source"):
+    for col in ("url", "alt_text", "source", "local"):  # "local" decides what may be read from disk
         h.update(repr(table.column(col).to_pylist()).encode())
     content = h.hexdigest()[:16]
     spec = StageSpec("sources", "sources", {}, content + f":{cfg.shard_rows}", "")
@@ -130,6 +131,8 @@ def run_filter(ctx: Context) -> dict[str, int]:
 
 
 def preflight(ctx: Context) -> None:
-    """Checks that need libraries (not just types), run before any stage starts."""
+    """Checks that need libraries or the disk (not just types), run before any stage (and Ray) starts."""
+    if "crawl" in ctx.cfg.stages:
+        check_sources(ctx.cfg.crawl)
     if "filter" in ctx.cfg.stages:
         check_iqa_available(ctx.cfg.filter)

@@ -264,16 +264,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    init_ray(cfg.ray)
-    with ctx.tracker.pipeline("prior", to_dict(cfg)):
-        prior = run_prior(ctx)
-        print(f"prior: {prior}")
-        if prior and (Path(prior) / STAGE0_FILE).is_file():
-            r = read_stage0(prior)
-            print(f"  held-out VAE PSNR {r['vae']['psnr_heldout']:.2f} dB; UNet eval loss "
-                  f"{r['unet']['eval_loss_init']:.3f} -> {r['unet']['eval_loss']:.3f}")
-        if args.only != "prior":
-            print(f"negatives: {run_negatives(ctx, prior)}")
+    from catalog.lake import LakeError
+    from catalog.lake_lock import lake_lock
+
+    try:
+        with lake_lock(lake):  # one writer per lake
+            init_ray(cfg.ray)
+            with ctx.tracker.pipeline("prior", to_dict(cfg)):
+                prior = run_prior(ctx)
+                print(f"prior: {prior}")
+                if prior and (Path(prior) / STAGE0_FILE).is_file():
+                    r = read_stage0(prior)
+                    print(f"  held-out VAE PSNR {r['vae']['psnr_heldout']:.2f} dB; UNet eval loss "
+                          f"{r['unet']['eval_loss_init']:.3f} -> {r['unet']['eval_loss']:.3f}")
+                if args.only != "prior":
+                    print(f"negatives: {run_negatives(ctx, prior)}")
+    except LakeError as e:
+        print(f"lake error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

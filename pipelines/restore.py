@@ -114,6 +114,33 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def output_names(relative: Sequence[str]) -> dict[str, str]:
+    """Input path (relative) -> output path (relative), all distinct: ``a/x.jpg`` -> ``a/x.png``,
+    except where two inputs would meet there (``x.jpg`` and ``x.png``): then every input of that
+    name that is not already ``.png`` keeps its extension, ``x.jpg`` -> ``x.jpg.png``."""
+    first = {r: str(Path(r).with_suffix(".png")) for r in relative}
+    taken: dict[str, int] = {}
+    for name in first.values():
+        taken[name.lower()] = taken.get(name.lower(), 0) + 1
+    out = {}
+    for r, name in first.items():
+        clash = taken[name.lower()] > 1 and Path(r).suffix.lower() != ".png"
+        out[r] = f"{r}.png" if clash else name
+    assert len({v.lower() for v in out.values()}) == len(out), "output names must be distinct"
+    return out
+
+
+def check_folders(input_dir: Path, output_dir: Path) -> None:
+    """ConfigError unless the output folder lies outside the input folder (outputs would overwrite
+    or be read back as inputs) and the input folder exists."""
+    src, dst = input_dir.resolve(), output_dir.resolve()
+    if not src.is_dir():
+        raise ConfigError(f"--input {str(input_dir)!r} is not a folder")
+    if dst == src or src in dst.parents:
+        raise ConfigError(f"--output {str(output_dir)!r} is inside --input {str(input_dir)!r}: restored PNGs could "
+                          "overwrite the originals; choose an output folder outside the input folder")
+
+
 def restore_folder(cfg: RestoreConfig, input_dir: str | Path, output_dir: str | Path,
                    run: Optional[RunRef] = None) -> dict[str, Any]:
     """Restore every image under ``input_dir`` into ``output_dir``/<same relative path>.png.
@@ -122,16 +149,18 @@ def restore_folder(cfg: RestoreConfig, input_dir: str | Path, output_dir: str | 
     """
     import ray
 
+    check_folders(Path(input_dir), Path(output_dir))
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir)
     paths = list_images(input_dir)
     if not paths:
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {input_dir}")
+    names = output_names([str(p.relative_to(input_dir)) for p in paths])
     output_dir.mkdir(parents=True, exist_ok=True)
     ds = ray.data.from_items([{"path": str(p)} for p in paths], override_num_blocks=min(len(paths), 64))
     ds = ds.map_batches(_ReadImage(str(input_dir)), batch_size=cfg.batch_size, num_cpus=0.1)
     ds = restore_actors(ds, cfg, timings=True)
 
-    seconds, statuses, sampling, failed, grid = [], [], [], {}, []
+    seconds, statuses, sampling, failed, grid, notes = [], [], [], {}, [], {}
     t0 = time.time()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for i, pair_id in enumerate(batch["pair_id"]):
@@ -139,11 +168,13 @@ def restore_folder(cfg: RestoreConfig, input_dir: str | Path, output_dir: str | 
             statuses.append(status)
             seconds.append(float(batch["seconds"][i]))
             sampling.append(float(batch["sampling_seconds"][i]))
+            if batch["notes"][i]:
+                notes[str(pair_id)] = str(batch["notes"][i])
             if status != "ok":
                 failed[str(pair_id)] = f"{status}: {batch['error'][i]}"
                 log.warning("%s: %s", pair_id, failed[str(pair_id)])
                 continue
-            out = (output_dir / str(pair_id)).with_suffix(".png")
+            out = output_dir / names[str(pair_id)]
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(bytes(batch["restored"][i]))
             if len(grid) < GRID_ROWS:
@@ -155,7 +186,9 @@ def restore_folder(cfg: RestoreConfig, input_dir: str | Path, output_dir: str | 
         log_grid(run, grid, ["LQ", "restored"])
         if failed:
             run.log_dict(failed, "failed.json")
-    return {"metrics": metrics, "failed": failed, "output": str(output_dir)}
+        if notes:
+            run.log_dict(notes, "notes.json")
+    return {"metrics": metrics, "failed": failed, "notes": notes, "output": str(output_dir)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,8 +330,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     try:
-        use_registered_model(cfg.model, args.tracking_uri, args.lake)
-    except Exception as e:  # noqa: BLE001 - a missing model, alias or store: say which
+        check_folders(Path(args.input), Path(args.output))
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        if use_registered_model(cfg.model, args.tracking_uri, args.lake) is None and not Path(cfg.model).is_dir():
+            raise FileNotFoundError(f"no checkpoint folder {cfg.model!r} (model/checkpoint.py writes one)")
+    except Exception as e:  # noqa: BLE001 - a missing model, alias or store: say which, before Ray starts
         print(f"model error: {cfg.model}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     from pipelines.common import init_ray
@@ -313,6 +352,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           + (f" ({m['seconds_per_image']:.2f} s/image, {m['steps_per_second']:.2f} steps/s)" if m.get("ok") else ""))
     for name, why in result["failed"].items():
         print(f"  failed: {name}: {why}")
+    for name, what in result["notes"].items():
+        print(f"  note: {name}: {what}")
     return 0 if m.get("ok") else 1
 
 

@@ -352,15 +352,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    from catalog.lake import LakeError
+    from catalog.lake_lock import lake_lock
     from pipelines.common import Context, init_ray
 
-    init_ray(cfg.ray)
-    ctx = Context(cfg, lake, tracker)
-    stages = list(STAGES) if args.stage == "all" else [args.stage]
-    with tracker.pipeline("train", to_dict(cfg), yaml.safe_dump(to_dict(cfg), sort_keys=False)):
-        for stage in stages:
-            summary = run_train(ctx, stage)
-            print("TRAIN_RESULT " + json.dumps(summary, default=str), flush=True)
+    try:
+        with lake_lock(lake):  # one writer per lake
+            init_ray(cfg.ray)
+            ctx = Context(cfg, lake, tracker)
+            stages = list(STAGES) if args.stage == "all" else [args.stage]
+            with tracker.pipeline("train", to_dict(cfg), yaml.safe_dump(to_dict(cfg), sort_keys=False)):
+                for stage in stages:
+                    summary = run_train(ctx, stage)
+                    print("TRAIN_RESULT " + json.dumps(summary, default=str), flush=True)
+    except LakeError as e:
+        print(f"lake error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

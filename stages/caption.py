@@ -20,7 +20,6 @@ crawled).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -29,10 +28,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import transformers
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, LogitsProcessor
 from transformers.generation import TemperatureLogitsWarper, TopPLogitsWarper
 
+from catalog import codec
 from catalog.batches import numpy_batch
 from catalog.config import check
 from model.devices import TORCH_DTYPES, resolve_device, resolve_dtype
@@ -124,12 +124,10 @@ def decode_image(data: bytes, side: int) -> Image.Image:
     """Encoded bytes -> RGB image whose short side is ``side`` (never upscaled).
 
     JPEGs are decoded at a reduced DCT scale first (Image.draft), so a 24 MP photo costs about
-    as much as a thumbnail. EXIF orientation is not applied: the caption describes the pixels
-    that the other stages see.
+    as much as a thumbnail. Decoded by catalog/codec.py like every stage (EXIF orientation,
+    16-bit, alpha), so the caption describes the pixels that the other stages see.
     """
-    img = Image.open(io.BytesIO(data))
-    img.draft("RGB", (side, side))  # JPEG only: largest 1/2^k scale that stays >= side
-    img = img.convert("RGB")
+    img = codec.decode_rgb(data, draft=(side, side))  # draft: largest 1/2^k JPEG scale that stays >= side
     w, h = img.size
     if min(w, h) > side:
         scale = side / min(w, h)
@@ -248,8 +246,8 @@ class Captioner:
                 if data is None:
                     raise ValueError("no image bytes")
                 ready.append((i, decode_image(bytes(data), self.side)))
-            except UnidentifiedImageError:
-                cols["status"][i], cols["error"][i] = "decode_error", "not an image format Pillow reads"
+            except codec.DecodeError as e:
+                cols["status"][i], cols["error"][i] = e.status, str(e)
             except Exception as e:  # noqa: BLE001 - truncated, bomb, odd modes: a row status
                 cols["status"][i], cols["error"][i] = "decode_error", f"{type(e).__name__}: {e}"
             cols["seconds"][i] = time.perf_counter() - t0

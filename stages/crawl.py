@@ -15,6 +15,7 @@ Imports no Ray: a test calls ``Fetcher(cfg)(batch)`` directly.
 from __future__ import annotations
 
 import io
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -34,7 +35,14 @@ from PIL import Image
 from catalog.config import check
 from catalog.schemas import IMAGES, image_id_of
 from stages.crawl_http import FetchError, HttpClient
-from stages.crawl_sources import HF_SCHEME, open_hf_image, read_sources
+from stages.crawl_sources import (
+    HF_SCHEME,
+    open_hf_image,
+    parse_hf_ref,
+    read_local_file,
+    read_sources,
+    under_roots,
+)
 
 __all__ = [
     "CrawlConfig",
@@ -72,7 +80,8 @@ class CrawlConfig:
     timeout_s: float = 10.0
     """Connect timeout, and longest wait for the next bytes of a response."""
     download_timeout_s: float = 60.0
-    """Longest time one attempt may take from request to last byte (slow-drip guard)."""
+    """Longest time one attempt may take from request to last byte, status line and headers
+    included (slow-drip guard: a watchdog shuts the socket when it passes)."""
     retries: int = 2
     """Extra attempts after a 5xx, 429, timeout or broken connection (never after a 4xx)."""
     backoff_s: float = 0.5
@@ -84,6 +93,11 @@ class CrawlConfig:
     Kept under Pillow's own warning threshold (89.5 MP) so no warning fires below it."""
     max_redirects: int = 5
     """Redirect hops followed before too_many_redirects."""
+    local_roots: list[str] = field(default_factory=list)
+    """Opt-in: folders from which rows of URL lists may read ``file://`` URLs and ``hfds://``
+    datasets (paths resolved, so ``..`` and symlinks cannot leave them). Empty (the default): URL
+    lists are http(s) only; local files are read only from the folders, globs, image files and
+    ``hf:`` datasets named in ``sources``."""
     allow_private_addresses: bool = False
     """Allow private, loopback, link-local and reserved addresses (tests serve from loopback)."""
     user_agent: str = "supir-pipeline/0.1 (research image crawler)"
@@ -104,6 +118,8 @@ class CrawlConfig:
     def __post_init__(self) -> None:
         check(isinstance(self.sources, list) and all(isinstance(s, str) and s.strip() for s in self.sources),
               "crawl.sources", self.sources, "a list of non-empty source specs")
+        check(isinstance(self.local_roots, list) and all(isinstance(s, str) and s.strip() for s in self.local_roots),
+              "crawl.local_roots", self.local_roots, "a list of folder paths")
         for name in ("url_column", "alt_text_column", "hf_split", "hf_image_column", "user_agent"):
             value = getattr(self, name)
             check(isinstance(value, str) and value != "", f"crawl.{name}", value, "a non-empty string")
@@ -115,9 +131,10 @@ class CrawlConfig:
             check(isinstance(value, int) and value >= 0, f"crawl.{name}", value, "an integer >= 0")
         for name in ("timeout_s", "download_timeout_s", "cpus_per_worker"):
             value = getattr(self, name)
-            check(isinstance(value, (int, float)) and value > 0, f"crawl.{name}", value, "a number > 0")
-        check(isinstance(self.backoff_s, (int, float)) and self.backoff_s >= 0, "crawl.backoff_s", self.backoff_s,
-              "a number of seconds >= 0")
+            check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"crawl.{name}", value,
+                  "a finite number > 0")
+        check(isinstance(self.backoff_s, (int, float)) and math.isfinite(self.backoff_s) and self.backoff_s >= 0,
+              "crawl.backoff_s", self.backoff_s, "a finite number of seconds >= 0")
         check(isinstance(self.formats, list) and len(self.formats) > 0 and set(self.formats) <= set(FORMATS),
               "crawl.formats", self.formats, f"a non-empty list from {list(FORMATS)}")
 
@@ -147,7 +164,7 @@ def inspect_image(data: bytes, cfg: CrawlConfig) -> tuple[int, int, str]:
     """
     fmt = sniff_format(data[:16])
     if fmt is None:
-        raise FetchError("not_image", f"unknown magic bytes {data[:8]!r}")
+        raise FetchError("not_image", "no known image signature in the first bytes")  # content never quoted
     if fmt not in cfg.formats:
         raise FetchError("not_image", f"format {fmt} not in crawl.formats")
     try:
@@ -209,8 +226,11 @@ class Fetcher:
                 self._http = HttpClient(self.cfg)
             return self._http
 
-    def fetch_one(self, url: str) -> _Result:
-        """Download or read one URL and check it; never raises."""
+    def fetch_one(self, url: str, local: bool = False) -> _Result:
+        """Download or read one URL and check it; never raises.
+
+        ``local``: the row was made by read_sources from a local spec the user named, so file://
+        and hfds:// may be read; otherwise only under ``crawl.local_roots``, else bad_url."""
         start = time.perf_counter()
         fetched_at = datetime.now(timezone.utc)
         http_status = None
@@ -220,9 +240,12 @@ class Fetcher:
                 download = self.http.get(url)
                 data, http_status = download.data, download.http_status
             elif scheme == "file":
-                data = self._read_file(url)
+                data = self._read_file(url, local)
             elif scheme == HF_SCHEME:
-                data = open_hf_image(url, self._hf_cache, self._lock)
+                if not local and not under_roots(parse_hf_ref(url)[0], self.cfg.local_roots):
+                    raise FetchError("bad_url", "a dataset reference in a URL list is not read (only http(s); "
+                                                "see crawl.local_roots)")
+                data = open_hf_image(url, self._hf_cache, self._lock, self.cfg.max_bytes, self.cfg.local_roots)
             else:
                 raise FetchError("bad_url", f"unsupported URL scheme {scheme!r}" if scheme else "not a URL")
             if len(data) > self.cfg.max_bytes:
@@ -237,31 +260,27 @@ class Fetcher:
         result.seconds = time.perf_counter() - start
         return result
 
-    def _read_file(self, url: str) -> bytes:
+    def _read_file(self, url: str, local: bool) -> bytes:
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost"):
             raise FetchError("bad_url", f"file URL with a remote host: {url}")
         path = Path(url2pathname(parts.path))
-        try:
-            size = path.stat().st_size
-            if size > self.cfg.max_bytes:
-                raise FetchError("too_large", f"{size} bytes > max_bytes {self.cfg.max_bytes}")
-            return path.read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
-            raise FetchError("bad_url", f"no such file: {path} ({type(e).__name__})") from None
-        except PermissionError as e:
-            raise FetchError("bad_url", f"cannot read {path}: {e}") from None
+        if not local and not under_roots(path, self.cfg.local_roots):
+            raise FetchError("bad_url", "a file:// URL in a URL list is not read (only http(s); "
+                                        "see crawl.local_roots)")
+        return read_local_file(path, self.cfg.max_bytes)
 
     def __call__(self, batch: Mapping[str, Any] | pa.Table) -> dict[str, np.ndarray] | pa.Table:
         if isinstance(batch, pa.Table):  # Ray's batch_format="pyarrow": exact IMAGES schema out
             return self.fetch_table(batch)
         urls = [("" if u is None else str(u)) for u in batch["url"]]
         n = len(urls)
+        local = [v is True or v is np.True_ for v in batch["local"]] if "local" in batch else [False] * n
         if n <= 1 or self.cfg.threads == 1:
-            results = [self.fetch_one(u) for u in urls]
+            results = [self.fetch_one(u, t) for u, t in zip(urls, local)]
         else:
             with ThreadPoolExecutor(min(self.cfg.threads, n), thread_name_prefix="crawl") as pool:
-                results = list(pool.map(self.fetch_one, urls))
+                results = list(pool.map(self.fetch_one, urls, local))
 
         def column(name: str) -> np.ndarray:
             values = batch.get(name)
@@ -328,10 +347,10 @@ def mark_duplicates(images: pa.Table | Mapping[str, Any]) -> dict[int, int]:
     dups: dict[int, int] = {}
     for r, i in order:
         key = images["image_id"][i]
-        if key in first:
-            dups[r] = first[key]
-        else:
+        if key not in first:
             first[key] = r
+        elif first[key] != r:  # a second copy of the kept row itself is never its own duplicate
+            dups[r] = first[key]
     return dups
 
 

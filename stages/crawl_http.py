@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -52,11 +53,33 @@ class ForbiddenAddress(Exception):
     """Raised from inside a connection; deliberately not an OSError so urllib3 does not wrap it."""
 
 
+# IPv6 ranges whose last 32 bits are an IPv4 address a gateway or stack may route to: NAT64
+# (RFC 6052), IPv4-compatible (RFC 4291 2.5.5.1, deprecated) and IPv4-translated (RFC 2765)
+_LOW32_EMBEDS = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "::/96", "::ffff:0:0:0/96"))
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: local-use, embeds anywhere
+
+
+def embedded_ipv4(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (mapped, 6to4, Teredo, NAT64, compatible, translated)."""
+    found = [a for a in (addr.ipv4_mapped, addr.sixtofour) if a is not None]
+    if addr.teredo is not None:
+        found += list(addr.teredo)
+    if any(addr in net for net in _LOW32_EMBEDS):
+        found.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
+    return found
+
+
 def is_public(ip: str) -> bool:
-    """True for a globally routable unicast address (IPv4-mapped IPv6 is judged as IPv4)."""
+    """True for a globally routable unicast address. An IPv6 address that embeds IPv4 (``::127.0.0.1``,
+    ``64:ff9b::7f00:1``, ``2002:7f00:1::``, ``::ffff:0:7f00:1``) is public only if every embedded
+    IPv4 address is, since a translator on the path would deliver it there."""
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr in _NAT64_LOCAL:
+            return False
+        inner = embedded_ipv4(addr)
+        if inner:
+            return all(a.is_global and not a.is_multicast for a in inner)
     return addr.is_global and not addr.is_multicast
 
 
@@ -72,6 +95,69 @@ def check_host(host: str, port: int) -> None:
             raise FetchError("forbidden_address", f"{host} resolves to non-public address {ip}")
 
 
+_current = threading.local()  # the running request's watchdog, per fetch thread
+
+
+class _Watchdog:
+    """Bounds one request, headers and body, by a wall-clock deadline: when it fires it shuts the
+    connection's socket down, which wakes any blocked read (a server dripping one byte at a time
+    passes every per-read timeout; only this stops it)."""
+
+    def __init__(self, seconds: float):
+        self.conn = None
+        self.expired = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        _current.watchdog = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.disarm()
+        _current.watchdog = None
+
+    def disarm(self) -> None:
+        """Stop watching; called before the connection goes back to the pool, so that a late
+        timer can never shut down a connection another request has taken."""
+        self._timer.cancel()
+        with self._lock:
+            self.conn = None
+
+    def attach(self, conn) -> None:  # type: ignore[no-untyped-def]
+        with self._lock:
+            self.conn = conn
+            expired = self.expired
+        if expired:
+            self._shutdown(conn)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.expired = True
+            conn = self.conn
+        if conn is not None:
+            self._shutdown(conn)
+
+    @staticmethod
+    def _shutdown(conn) -> None:  # type: ignore[no-untyped-def]
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            try:  # the plain socket's shutdown, also under TLS: wakes the reader, then it fails
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _DeadlineMixin:
+    def request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        watchdog = getattr(_current, "watchdog", None)
+        if watchdog is not None:
+            watchdog.attach(self)
+        return super().request(*args, **kwargs)  # type: ignore[misc]
+
+
 class _GuardMixin:
     def _new_conn(self):  # type: ignore[no-untyped-def]
         sock = super()._new_conn()  # type: ignore[misc]
@@ -82,12 +168,28 @@ class _GuardMixin:
         return sock
 
 
-class _GuardedHTTPConnection(_GuardMixin, HTTPConnection):
+class _DeadlineHTTPConnection(_DeadlineMixin, HTTPConnection):
     pass
 
 
-class _GuardedHTTPSConnection(_GuardMixin, HTTPSConnection):
+class _DeadlineHTTPSConnection(_DeadlineMixin, HTTPSConnection):
     pass
+
+
+class _GuardedHTTPConnection(_GuardMixin, _DeadlineHTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_GuardMixin, _DeadlineHTTPSConnection):
+    pass
+
+
+class _DeadlineHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class _DeadlineHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection
 
 
 class _GuardedHTTPPool(HTTPConnectionPool):
@@ -121,7 +223,9 @@ class HttpClient:
             retries=False,
             headers={"User-Agent": cfg.user_agent, "Accept": "image/*", "Accept-Encoding": "identity"},
         )
-        if not cfg.allow_private_addresses:
+        if cfg.allow_private_addresses:
+            self.pool.pool_classes_by_scheme = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+        else:
             self.pool.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
 
     def get(self, url: str) -> Download:
@@ -156,6 +260,22 @@ class HttpClient:
             raise FetchError("bad_url", f"not an http(s) URL: {url}")
         if not cfg.allow_private_addresses:
             check_host(parts.hostname, port)
+        with _Watchdog(cfg.download_timeout_s) as watchdog:
+            try:
+                result = self._exchange(url, watchdog)
+            except FetchError as e:
+                if watchdog.expired and e.status != "too_large":
+                    raise FetchError("timeout", f"response not complete within download_timeout_s "
+                                                f"{cfg.download_timeout_s}s", e.http_status, retry=True) from None
+                raise
+            if watchdog.expired:  # the socket was shut: a body without Content-Length ended early
+                raise FetchError("timeout", f"response not complete within download_timeout_s "
+                                            f"{cfg.download_timeout_s}s", retry=True)
+        return result
+
+    def _exchange(self, url: str, watchdog: _Watchdog) -> Download | str:
+        """Send one GET and read the answer (see _once); every failure is a FetchError."""
+        cfg = self.cfg
         deadline = time.monotonic() + cfg.download_timeout_s
         response = None
         try:
@@ -202,6 +322,7 @@ class HttpClient:
         except (LocationParseError, ValueError, UnicodeError) as e:
             raise FetchError("bad_url", _short(e)) from None
         finally:
+            watchdog.disarm()
             if response is not None:
                 # a response we did not read to the end cannot be reused: drop its connection
                 response.close()

@@ -18,8 +18,9 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from catalog import codec
 from catalog.batches import numpy_batch
 from catalog.schemas import pair_id_of
 from stages import degrade_ops as ops
@@ -49,16 +50,12 @@ PNG_COMPRESS_LEVEL = 1
 
 def decode_rgb(data: bytes) -> np.ndarray:
     """Encoded image -> (H, W, 3) uint8, EXIF orientation applied. Raises on corrupt data."""
-    with Image.open(io.BytesIO(data)) as im:
-        im = ImageOps.exif_transpose(im)
-        return np.asarray(im.convert("RGB"))
+    return codec.decode_array(data)
 
 
 def encode_png(x: torch.Tensor, level: int = PNG_COMPRESS_LEVEL) -> bytes:
     """(1, 3, H, W) in [0, 1] -> PNG bytes (deterministic for a given Pillow/zlib)."""
-    buf = io.BytesIO()
-    Image.fromarray(ops.to_uint8(x)).save(buf, format="PNG", compress_level=level)
-    return buf.getvalue()
+    return codec.encode_png(ops.to_uint8(x), compress_level=level)
 
 
 def _row(pair_id: str, image_id: str, caption: Any, cfg: DegradeConfig, status: str, error: str | None = None,

@@ -11,14 +11,15 @@ Reasons read ``gate:value<threshold``; SQL groups them with ``split_part(reason,
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 from PIL import Image
 
+from catalog import codec
 from catalog.config import ConfigError, check
+from evaluation.safe_load import guarded_loads
 
 # pyiqa metrics that need no downloaded weights (they always work offline)
 WEIGHT_FREE_IQA = {"psnr", "ssim", "ms_ssim", "cw_ssim", "fsim", "gmsd", "mad", "nlpd", "vif", "vsi", "piqe"}
@@ -85,7 +86,8 @@ def check_iqa_available(cfg: FilterConfig) -> None:
         if name not in known:
             raise ConfigError(f"filter.iqa.{name}: unknown pyiqa metric; known: {', '.join(sorted(known))}")
         try:
-            metric = pyiqa.create_metric(name, device="cpu")
+            with guarded_loads():  # weights-only: a weight file in pyiqa's cache runs no code
+                metric = pyiqa.create_metric(name, device="cpu")
         except Exception as e:  # pyiqa tries to download weights it does not find
             raise ConfigError(
                 f"filter.iqa.{name}: the metric's weights are not available ({type(e).__name__}: {str(e)[:200]}). "
@@ -134,7 +136,8 @@ class Filterer:
             from model.devices import resolve_device
 
             self.device = str(resolve_device(cfg.device))
-            self.metrics = {name: pyiqa.create_metric(name, device=self.device) for name in cfg.iqa}
+            with guarded_loads():  # weights-only, as in evaluation/metrics.py
+                self.metrics = {name: pyiqa.create_metric(name, device=self.device) for name in cfg.iqa}
 
     def _iqa(self, img: Image.Image) -> dict[str, float]:
         if not self.metrics:
@@ -149,11 +152,9 @@ class Filterer:
         cfg = self.cfg
         out: dict = {}
         try:
-            img = Image.open(io.BytesIO(data))
-            img.load()
-            img = img.convert("RGB")
-        except Exception as e:
-            return {"keep": False, "reason": f"decode_error:{type(e).__name__}"}
+            img = codec.decode_rgb(data)  # the project's one decoder: orientation, 16-bit, alpha
+        except codec.DecodeError as e:
+            return {"keep": False, "reason": f"{e.status}:{str(e)[:80]}"}
         w, h = img.size
         out.update(width=w, height=h)
         small = _resize_short(img, cfg.sharpness_side)

@@ -22,7 +22,6 @@ folder is then a ``ModelConfig.prior`` like any SDXL folder. Imports no Ray.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -36,9 +35,10 @@ from typing import Any, Literal, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm.auto import tqdm
 
+from catalog import codec
 from catalog.config import check, check_prob, to_dict
 from model.config import ModelConfig
 from model.devices import resolve_device
@@ -256,8 +256,7 @@ def decode_images(images: Sequence[bytes | np.ndarray]) -> list[np.ndarray | Non
             out.append(np.ascontiguousarray(data[..., :3]))
             continue
         try:
-            with Image.open(io.BytesIO(bytes(data))) as im:
-                out.append(np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
+            out.append(codec.decode_array(bytes(data)))
         except Exception as e:  # noqa: BLE001 - a corrupt image is skipped, not fatal
             log.warning("stage 0: skipping an image that does not decode (%s: %s)", type(e).__name__, e)
             out.append(None)

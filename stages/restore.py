@@ -14,12 +14,12 @@ One model per instance, on the GPU when there is one. Per image (DESIGN section 
    (seed, pair_id);
 4. decode, colour fix against x_stage1 (wavelet or AdaIN), resize to the requested size, PNG.
 
-Every input row comes out with a status: ok, decode_error (bytes Pillow cannot read), error
+Every input row comes out with a status: ok, too_large (over ``max_pixels``, read from the
+header before decoding), decode_error (bytes Pillow cannot read), error
 (restoration failed; the message is in ``error``). One bad row never stops its batch.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -29,8 +29,9 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from catalog import codec
 from catalog.batches import numpy_batch
 from catalog.config import check, digest, to_dict
 from model.colorfix import COLOR_FIXES, color_fix
@@ -70,6 +71,10 @@ class RestoreConfig:
 
     color_fix: Literal["wavelet", "adain", "none"] = "wavelet"
     """Colour correction of the result against x_stage1 = D(E_dr(x_LQ))."""
+
+    max_pixels: int = 16_000_000
+    """Largest input width*height, read from the header before decoding; larger rows get status
+    too_large (a 48 KB PNG can claim 100 megapixels, and sampling cost grows with the area)."""
 
     min_size: int = 1024
     """The short side is raised to at least this many pixels before sampling (SUPIR: 1024)."""
@@ -111,6 +116,7 @@ class RestoreConfig:
         check(1 <= self.upscale <= 16, "restore.upscale", self.upscale, "an integer in [1, 16]")
         check(bool(self.method.strip()), "restore.method", self.method, "a non-empty name")
         check(self.batch_size >= 1, "restore.batch_size", self.batch_size, "an integer >= 1")
+        check(self.max_pixels >= 1, "restore.max_pixels", self.max_pixels, "an integer >= 1")
         check(self.actors >= 1, "restore.actors", self.actors, "an integer >= 1")
         check(self.num_gpus_per_actor >= 0, "restore.num_gpus_per_actor", self.num_gpus_per_actor, "a number >= 0")
 
@@ -136,10 +142,9 @@ def working_size(width: int, height: int, scale: int, min_size: int) -> tuple[tu
     return (tw, th), (sw, sh)
 
 
-def decode_image(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img.convert("RGB")
+def decode_image(data: bytes, max_pixels: Optional[int] = None) -> codec.Decoded:
+    """The project's one decoder (catalog/codec.py): EXIF orientation, 16-bit, alpha, pixel cap."""
+    return codec.decode(data, max_pixels)
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
@@ -155,9 +160,7 @@ def to_image(x: torch.Tensor) -> Image.Image:
 
 
 def encode_png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    return codec.encode_png(img)
 
 
 def resolve_model_path(uri: str, tracking_uri: Optional[str] = None) -> Path:
@@ -291,26 +294,26 @@ class Restorer:
         cols: dict[str, list[Any]] = {"pair_id": ids, "run_id": [self.run_id] * n, "method": [self.cfg.method] * n,
                                       "status": ["error"] * n, "error": [None] * n, "restored": [None] * n,
                                       "params": [self.params] * n, "seconds": [0.0] * n,
-                                      "sampling_seconds": [0.0] * n}
+                                      "sampling_seconds": [0.0] * n, "notes": [None] * n}
         for i, data in enumerate(batch["lq"]):
             t0 = time.perf_counter()
             try:
                 if data is None:
-                    raise ValueError("no image bytes")
-                img = decode_image(bytes(data))
-            except UnidentifiedImageError:
-                cols["status"][i], cols["error"][i] = "decode_error", "not an image format Pillow reads"
-                cols["seconds"][i] = time.perf_counter() - t0
-                continue
-            except Exception as e:  # noqa: BLE001 - truncated files, bombs, odd modes: a row status
-                cols["status"][i], cols["error"][i] = "decode_error", f"{type(e).__name__}: {e}"
+                    raise codec.DecodeError("decode_error", "no image bytes")
+                decoded = decode_image(bytes(data), self.cfg.max_pixels)
+                img = decoded.image
+                if decoded.notes:
+                    cols["notes"][i] = "; ".join(decoded.notes)
+                    log.info("restore %s: %s", ids[i], cols["notes"][i])
+            except codec.DecodeError as e:  # truncated files, bombs, odd data: a row status
+                cols["status"][i], cols["error"][i] = e.status, str(e)
                 cols["seconds"][i] = time.perf_counter() - t0
                 continue
             try:
                 caption = captions[i] if isinstance(captions[i], str) else None
                 scale = int(scales[i]) if scales[i] is not None and not _isnan(scales[i]) else None
                 if hqs[i] is not None:  # a pair: restore to its HQ size (SUPIR-mode LQ is already at it)
-                    scale = max(1, round(Image.open(io.BytesIO(bytes(hqs[i]))).width / img.width))
+                    scale = max(1, round(codec.header_size(bytes(hqs[i]))[0] / img.width))
                 cols["restored"][i] = encode_png(self.restore(img, ids[i], caption, scale))
                 cols["status"][i] = "ok"
                 cols["sampling_seconds"][i] = self.last_info["sampling_seconds"]
@@ -320,8 +323,8 @@ class Restorer:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
             cols["seconds"][i] = time.perf_counter() - t0
-        if not self.timings:
-            del cols["sampling_seconds"]
+        if not self.timings:  # the CLI's extras; the lake's table has neither column
+            del cols["sampling_seconds"], cols["notes"]
         return numpy_batch(cols, {"seconds": np.float64, "sampling_seconds": np.float64})
 
 

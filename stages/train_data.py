@@ -14,7 +14,6 @@ No Ray here: pipelines/train.py hands the rows of a Ray Data shard to :class:`Tr
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -22,6 +21,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image
+
+from catalog import codec
 
 TRAIN_COLUMNS = ("pair_id", "image_id", "kind", "hq", "lq", "caption", "params")
 
@@ -61,8 +62,7 @@ def shard_rows(rows: Iterable[Mapping[str, Any]], rank: int, world_size: int) ->
 
 def decode(data: bytes) -> np.ndarray:
     """PNG (or any Pillow format) bytes -> (H, W, 3) uint8."""
-    with Image.open(io.BytesIO(bytes(data))) as im:
-        return np.asarray(im.convert("RGB"))
+    return codec.decode_array(bytes(data))
 
 
 def to_unit(arr: np.ndarray) -> torch.Tensor:
@@ -158,7 +158,7 @@ class TrainExamples:
         hq_crop = hq[top:top + c, left:left + c]
         if self.degrade is not None:  # LQ made from the crop later
             return to_unit(hq_crop), to_unit(hq_crop)
-        lq_img = Image.open(io.BytesIO(bytes(row["lq"]))).convert("RGB")
+        lq_img = codec.decode_rgb(bytes(row["lq"]))
         if lq_img.size != (w, h):  # SUPIR: LQ at the training (HQ) resolution
             lq_img = lq_img.resize((w, h), Image.Resampling.BICUBIC)
         lq = np.asarray(lq_img)[top:top + c, left:left + c]

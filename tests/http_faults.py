@@ -82,6 +82,25 @@ def slow(seconds: float, then: Route) -> Route:
     return route
 
 
+def drip(body: bytes, every_s: float, content_type: str = "image/jpeg") -> Route:
+    """Write the whole response, status line and headers included, one byte every ``every_s``
+    (a slow-drip server: each read succeeds long before any per-read timeout)."""
+
+    def route(h: BaseHTTPRequestHandler, n: int) -> None:
+        head = (f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n").encode()
+        h.close_connection = True
+        for i, byte in enumerate(head + body):
+            try:
+                h.wfile.write(bytes([byte]))
+                h.wfile.flush()
+            except OSError:  # the client gave up
+                return
+            time.sleep(every_s)
+
+    return route
+
+
 def sequence(*routes: Route) -> Route:
     """The n-th request gets routes[n-1]; later ones get the last route."""
 

@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import pickle
+import threading
+import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from catalog.config import ConfigError
@@ -18,10 +23,12 @@ from stages.crawl import (
     images_table,
     inspect_image,
     mark_duplicates,
+    read_sources,
     sniff_format,
 )
 from tests.http_faults import (
     FaultServer,
+    drip,
     huge_png,
     not_found,
     redirect,
@@ -40,10 +47,12 @@ def cfg(**kw) -> CrawlConfig:
     return CrawlConfig(**{**base, **kw})
 
 
-def batch_of(urls: list[str]) -> dict[str, np.ndarray]:
+def batch_of(urls: list[str], local: list[bool] | None = None) -> dict[str, np.ndarray]:
+    """Source rows; ``local`` marks the rows read_sources made from a local spec (default: none)."""
     n = len(urls)
     return {"url": np.array(urls, dtype=object), "alt_text": np.array([f"alt {i}" for i in range(n)], dtype=object),
-            "source": np.array(["test"] * n, dtype=object), "row": np.arange(n, dtype=np.int64)}
+            "source": np.array(["test"] * n, dtype=object), "row": np.arange(n, dtype=np.int64),
+            "local": np.array(local if local is not None else [False] * n, dtype=object)}
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +108,8 @@ def test_faults_end_in_their_status(server, photos, tmp_path):
     urls = [server.url(p) for p in EXPECTED] + [
         photos[2].as_uri(), missing, "ftp://example.invalid/a.jpg", "not a url", "",
     ]
-    out = Fetcher(cfg(max_redirects=2))(batch_of(urls))
+    local = [u.startswith("file:") for u in urls]  # as if named as image files in crawl.sources
+    out = Fetcher(cfg(max_redirects=2))(batch_of(urls, local))
 
     assert set(out) == set(IMAGES.names)
     assert len(out["status"]) == len(urls)
@@ -216,3 +226,102 @@ def test_jpeg_verify_modes_agree(photos, fast):
     with pytest.raises(crawl_http.FetchError) as e:
         inspect_image(data[: len(data) * 3 // 4], cfg(fast_jpeg_verify=fast))
     assert e.value.status == "decode_error"
+
+
+def _fetch_within(fetcher: Fetcher, batch: dict, seconds: float) -> dict:
+    """Run the fetcher in a thread and fail (instead of hanging the suite) if it blocks."""
+    box: dict = {}
+    worker = threading.Thread(target=lambda: box.update(out=fetcher(batch)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"fetch still blocked after {seconds}s"
+    return box["out"]
+
+
+def test_url_lists_read_no_local_files(server, photos, tmp_path):
+    """Rows of a URL list are http(s) only: file://, hfds://, paths, /dev/zero and a FIFO each end
+    with a status, none is read, no error quotes file content; opting in with local_roots reads
+    only inside the roots; regular files only, even for sources the user named."""
+    datasets = pytest.importorskip("datasets")
+    private = tmp_path / "private" / "secret.jpg"
+    private.parent.mkdir()
+    private.write_bytes(photos[0].read_bytes())
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)
+    ds = datasets.Dataset.from_dict({"image": [{"bytes": photos[1].read_bytes(), "path": None}]},
+                                    features=datasets.Features({"image": datasets.Image()}))
+    ds.save_to_disk(str(tmp_path / "ds"))
+    hfds = f"hfds://{tmp_path / 'ds'}?split=train&column=image#0"
+    rows = [server.url("/good/a.jpg"), secret.as_uri(), private.as_uri(), "/proc/self/environ", "../private.jpg",
+            hfds, "file:///dev/zero", fifo.as_uri(), f"file://localhost{secret}"]
+    (tmp_path / "urls.txt").write_text("\n".join(rows) + "\n")
+    sources = read_sources(cfg(sources=[str(tmp_path / "urls.txt")]))
+    assert sources.column("local").to_pylist() == [False] * len(rows)
+    batch = {k: np.array(v, dtype=object) for k, v in sources.to_pydict().items()}
+
+    out = _fetch_within(Fetcher(cfg()), batch, 30)
+    status = dict(zip(out["url"], out["status"]))
+    assert status.pop(server.url("/good/a.jpg")) == "ok"
+    assert set(status.values()) == {"bad_url"}, dict(zip(out["url"], out["error"]))
+    assert all(b is None for b in out["bytes"][1:])
+    assert not any("root:" in (e or "") for e in out["error"])
+
+    # the opt-in reads inside its roots only
+    out = _fetch_within(Fetcher(cfg(local_roots=[str(private.parent)])), batch, 30)
+    status = dict(zip(out["url"], out["status"]))
+    assert status[private.as_uri()] == "ok" and status[secret.as_uri()] == "bad_url"
+    assert (tmp_path / "private" / ".." / "passwd").exists()
+    escaped = f"file://{private.parent}/../passwd"
+    assert _fetch_within(Fetcher(cfg(local_roots=[str(private.parent)])), batch_of([escaped]), 30)["status"][0] \
+        == "bad_url"
+
+    # named by the user (local): special files are refused without blocking, text is not quoted
+    named = [secret.as_uri(), "file:///dev/zero", fifo.as_uri(), private.as_uri()]
+    out = _fetch_within(Fetcher(cfg()), batch_of(named, [True] * 4), 30)
+    assert list(out["status"]) == ["not_image", "bad_url", "bad_url", "ok"], list(out["error"])
+    assert "not a regular file" in out["error"][1] and "not a regular file" in out["error"][2]
+    assert not any("root:" in (e or "") for e in out["error"])
+
+
+def test_hf_image_cells_with_a_path_outside_the_dataset_are_not_read(tmp_path, photos):
+    pytest.importorskip("datasets")
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(photos[0].read_bytes())
+    table = pa.table({"image": pa.array([{"bytes": None, "path": str(outside)}],
+                                        pa.struct([("bytes", pa.binary()), ("path", pa.string())]))})
+    # a data folder as the hub serves it: the features say Image, the cell holds only a path
+    features = {"info": {"features": {"image": {"_type": "Image"}}}}
+    table = table.replace_schema_metadata({b"huggingface": json.dumps(features).encode()})
+    (tmp_path / "ds" / "data").mkdir(parents=True)
+    pq.write_table(table, tmp_path / "ds" / "data" / "train-00000-of-00001.parquet")
+    sources = read_sources(cfg(sources=["hf:" + str(tmp_path / "ds")]))
+    assert sources.column("local").to_pylist() == [True]
+    batch = {k: np.array(v, dtype=object) for k, v in sources.to_pydict().items()}
+    out = Fetcher(cfg())(batch)
+    assert out["status"][0] == "bad_url" and "outside the dataset" in out["error"][0]
+    assert Fetcher(cfg(local_roots=[str(tmp_path)]))(batch)["status"][0] == "ok"
+
+
+def test_slow_drip_is_bounded_by_the_download_deadline(server, photos):
+    """40 bytes of body after the headers, one byte every 50 ms: every read is quick, the whole is not."""
+    server.add("/drip.jpg", drip(photos[0].read_bytes()[:40], 0.05))
+    server.reset_counts()
+    start = time.monotonic()
+    out = Fetcher(cfg(download_timeout_s=0.5, retries=0))(batch_of([server.url("/drip.jpg")]))
+    took = time.monotonic() - start
+    assert out["status"][0] == "timeout", out["error"][0]
+    assert took < 3, took  # the drip alone lasts > 6 s; this bounds a hang, it is not a benchmark
+
+
+@pytest.mark.parametrize("ip", ["::127.0.0.1", "::7f00:1", "64:ff9b::7f00:1", "64:ff9b::a00:1", "2002:7f00:1::1",
+                                "2002:a9fe:a9fe::", "::ffff:0:7f00:1", "::ffff:0:a00:1", "64:ff9b:1::1",
+                                "::ffff:127.0.0.1", "2001:0:4136:e378:8000:63bf:80ff:fffe"])
+def test_ipv6_that_embeds_a_private_ipv4_is_not_public(ip):
+    assert not crawl_http.is_public(ip)
+
+
+@pytest.mark.parametrize("ip", ["2606:4700:4700::1111", "64:ff9b::808:808", "2002:808:808::1", "8.8.8.8"])
+def test_public_addresses_stay_public(ip):
+    assert crawl_http.is_public(ip)

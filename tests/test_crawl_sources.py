@@ -98,5 +98,5 @@ def test_hf_datasets_with_urls_and_images(tmp_path, photos):
     assert list(out["alt_text"]) == ["first", "second"] * 2
 
     bad = Fetcher(cfg)({"url": np.array([t.column("url")[0].as_py().replace("#0", "#99")], dtype=object),
-                        "row": np.array([0])})
+                        "row": np.array([0]), "local": np.array([True])})
     assert bad["status"][0] == "bad_url" and "#99" in bad["error"][0]

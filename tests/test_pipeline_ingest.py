@@ -64,6 +64,14 @@ def test_demo_crawl_filter_then_cache(tmp_path):
                        cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert q.returncode == 0, q.stderr
     assert "crawl,ok," in q.stdout
+    # a part of `images` lost: the rerun notices, sets nothing else aside, refetches only its rows
+    lost = lake.files("images")[0]
+    lost_rows = pq.read_metadata(lost).num_rows
+    os.remove(lost)
+    r3 = _run(cmd, tmp_path)
+    assert "listed in the manifest is missing" in r3.stderr and "repairing" in r3.stderr
+    assert lake.status_counts("images") == {"ok": len(samples)}
+    assert lake.read("filtered").num_rows == len(samples) and lost_rows >= 1
 
 
 def test_crawl_killed_half_way_resumes_without_refetching(tmp_path, photos):

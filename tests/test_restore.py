@@ -118,6 +118,7 @@ def test_restore_folder_pipeline(checkpoint, tmp_path):
     (src / "a.png").write_bytes(photo(4))
     Image.open(io.BytesIO(photo(5, (32, 40)))).save(src / "sub" / "b.jpg")
     (src / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (src / "a.jpg").write_bytes(photo(7))  # a PNG named .jpg: its output must not replace a.png's
     out = tmp_path / "out"
     lake = tmp_path / "lake"
     rc = main(["--model", str(checkpoint), "--input", str(src), "--output", str(out), "--steps", "2",
@@ -126,11 +127,12 @@ def test_restore_folder_pipeline(checkpoint, tmp_path):
     assert Image.open(out / "a.png").size == (40, 32)
     assert Image.open(out / "sub" / "b.png").size == (32, 40)
     assert not (out / "broken.png").exists()
+    assert (out / "a.jpg.png").is_file() and Image.open(out / "a.jpg.png").size == (40, 32)
     client = MlflowClient(tracking_uri=f"sqlite:///{lake.resolve() / 'mlflow.db'}")
     exp = client.get_experiment_by_name("supir")
     stage = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("stage") == "restore"][0]
     m = stage.data.metrics
-    assert m["ok"] == 2 and m["status.decode_error"] == 1
+    assert m["ok"] == 3 and m["status.decode_error"] == 1
     assert m["seconds_per_image"] > 0 and m["steps_per_second"] > 0
     assert stage.data.params["sampler.num_steps"] == "2"
     names = [a.path for a in client.list_artifacts(stage.info.run_id)]
@@ -145,3 +147,44 @@ def test_pairs_restore_to_their_hq_size(tiny_model):
     out = Restorer(RestoreConfig(model="-", **FAST), model=tiny_model)(b)
     assert list(out["status"]) == ["ok", "ok"]
     assert [Image.open(io.BytesIO(r)).size for r in out["restored"]] == [(64, 64), (64, 64)]
+
+
+def test_untrusted_inputs_get_statuses_and_notes(tiny_model):
+    """A 100 MP header is too_large before decoding; 16-bit grey and RGBA are restored with a note."""
+    from tests.http_faults import huge_png
+
+    a16 = (np.arange(32 * 40, dtype=np.uint32).reshape(32, 40) * 50).astype(np.uint16)
+    rgba = np.concatenate([np.asarray(Image.open(io.BytesIO(photo(6)))), np.full((32, 40, 1), 100, np.uint8)], -1)
+    grey, alpha = io.BytesIO(), io.BytesIO()
+    Image.fromarray(a16).save(grey, format="PNG")
+    Image.fromarray(rgba, "RGBA").save(alpha, format="PNG")
+    r = Restorer(RestoreConfig(model="-", max_pixels=1_000_000, **FAST), model=tiny_model, timings=True)
+    out = r(batch([huge_png(10_000, 10_000), grey.getvalue(), alpha.getvalue()]))
+    assert list(out["status"]) == ["too_large", "ok", "ok"], list(out["error"])
+    assert "max_pixels 1000000" in out["error"][0]
+    assert list(out["notes"]) == [None, "16-bit samples scaled to 8-bit", "alpha composited over white"]
+    with pytest.raises(ConfigError, match="restore.max_pixels"):
+        RestoreConfig(max_pixels=0)
+
+
+def test_output_names_stay_distinct():
+    from pipelines.restore import output_names
+
+    names = output_names(["x.jpg", "x.png", "X.webp", "sub/y.jpg", "z.tif"])
+    assert names == {"x.jpg": "x.jpg.png", "x.png": "x.png", "X.webp": "X.webp.png", "sub/y.jpg": "sub/y.png",
+                     "z.tif": "z.png"}
+
+
+def test_restore_cli_refuses_before_ray(tmp_path, capsys):
+    from pipelines.restore import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.png").write_bytes(photo(4))
+    for output in (src, src / "restored"):
+        rc = main(["--model", str(tmp_path), "--input", str(src), "--output", str(output), "--no-tracking"])
+        assert rc == 2 and "inside --input" in capsys.readouterr().err
+    assert sorted(p.name for p in src.iterdir()) == ["a.png"]
+    rc = main(["--model", str(tmp_path / "missing"), "--input", str(src), "--output", str(tmp_path / "out"),
+               "--no-tracking"])
+    assert rc == 2 and "no checkpoint folder" in capsys.readouterr().err

@@ -79,3 +79,30 @@ def test_sql_views_and_canned_queries(tracked, capsys):
     out = capsys.readouterr().out
     assert "http_error" in out and "status" in out
     assert sql.main(["--lake", lake_root, "SELEC nonsense"]) == 2
+
+
+def test_sql_is_read_only_unless_asked(tmp_path, capsys):
+    """COPY over a lake part, writing other files, ATTACH, reading files outside the lake and
+    turning access back on are refused; --writable lets the operator write on purpose."""
+    lake_root = str(tmp_path / "lake")  # no MLflow store yet: empty mlflow_* views
+    lake = Lake(lake_root)
+    part = lake.write_part("images", pa.table({"url": ["a", "b"], "status": ["ok", "ok"]}))
+    with open(part, "rb") as f:
+        before = f.read()
+    secret = tmp_path / "secret.csv"
+    secret.write_text("k\nsecret-value\n")
+    def q(s) -> str:
+        return "'" + str(s).replace("'", "''") + "'"
+
+    attacks = [f"COPY (SELECT * FROM images WHERE false) TO {q(part)} (FORMAT parquet, USE_TMP_FILE false)",
+               f"COPY (SELECT 1) TO {q(tmp_path / 'out.csv')}", f"ATTACH {q(tmp_path / 'x.duckdb')}",
+               f"SELECT * FROM read_csv({q(secret)})", "SET enable_external_access = true"]
+    for attack in attacks:
+        assert sql.main(["--lake", lake_root, attack]) == 2, attack
+        assert "SQL error" in capsys.readouterr().err
+    with open(part, "rb") as f:
+        assert f.read() == before and not (tmp_path / "out.csv").exists()
+    assert not (tmp_path / "x.duckdb").exists()
+    assert sql.connect(lake_root).execute("SELECT count(*) FROM images WHERE status = 'ok'").fetchone()[0] >= 2
+    assert sql.main(["--lake", lake_root, "--writable", f"COPY (SELECT 1 AS one) TO {q(tmp_path / 'out.csv')}"]) == 0
+    assert (tmp_path / "out.csv").read_text().strip() == "one\n1"
