@@ -129,11 +129,12 @@ def build_prior(preset: str = "tiny", device: str | torch.device = "cpu", dtype:
                 seed: int = 0) -> SDXLPrior:
     """The preset's architecture with random weights, seeded (global RNG state is left untouched).
 
-    ``device="meta"`` allocates nothing (parameter counting at SDXL scale)."""
+    ``device="meta"`` allocates nothing (parameter counting at SDXL scale). A 16-bit ``dtype`` is
+    built in that dtype directly, so an SDXL-size prior never exists in float32 (13 GB)."""
     configs = architecture(preset)
     device = torch.device(device)
     rng = contextlib.nullcontext() if device.type == "meta" else torch.random.fork_rng(devices=[])
-    with rng, torch.device(device):
+    with rng, torch.device(device), _default_dtype(dtype):
         if device.type != "meta":
             torch.manual_seed(seed)
         unet = UNet2DConditionModel(**configs["unet"])
@@ -141,6 +142,16 @@ def build_prior(preset: str = "tiny", device: str | torch.device = "cpu", dtype:
         te, te2 = _text_encoders(configs)
     prior = SDXLPrior(unet, vae, te, te2, *_tokenizers(), source=None)
     return prior.to(dtype=dtype) if dtype != torch.float32 else prior
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 def load_prior(source: str, preset: str = "sdxl", dtype: torch.dtype = torch.float32,
