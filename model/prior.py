@@ -129,12 +129,16 @@ def build_prior(preset: str = "tiny", device: str | torch.device = "cpu", dtype:
                 seed: int = 0) -> SDXLPrior:
     """The preset's architecture with random weights, seeded (global RNG state is left untouched).
 
-    ``device="meta"`` allocates nothing (parameter counting at SDXL scale). A 16-bit ``dtype`` is
-    built in that dtype directly, so an SDXL-size prior never exists in float32 (13 GB)."""
+    ``device="meta"`` allocates nothing (parameter counting at SDXL scale). The SDXL presets are
+    built in a 16-bit ``dtype`` directly, so that they never exist in float32 (13 GB; their random
+    values then differ from a float32 build's); ``tiny`` is built in float32 and cast, so that a
+    tiny random prior has the same values in every dtype (a checkpoint trained on it in float32
+    restores on a GPU in bf16)."""
     configs = architecture(preset)
     device = torch.device(device)
     rng = contextlib.nullcontext() if device.type == "meta" else torch.random.fork_rng(devices=[])
-    with rng, torch.device(device), _default_dtype(dtype):
+    build_dtype = torch.float32 if preset == "tiny" else dtype
+    with rng, torch.device(device), _default_dtype(build_dtype):
         if device.type != "meta":
             torch.manual_seed(seed)
         unet = UNet2DConditionModel(**configs["unet"])
