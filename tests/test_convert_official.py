@@ -17,10 +17,9 @@ from model.config import SDXL_UNET, SDXL_VAE, ModelConfig
 from model.convert_official import (KeyMap, _unet_layout, convert, convert_tensors, main, meta_parts,
                                     project_module_targets)
 
-TSV = Path("/work/shared/supir/official_v0_keys.tsv")
-if not TSV.is_file():  # a checkout elsewhere: the copy beside the repository
-    TSV = Path(__file__).resolve().parents[2] / "shared" / "supir" / "official_v0_keys.tsv"
-pytestmark = pytest.mark.skipif(not TSV.is_file(), reason="official_v0_keys.tsv not found")
+# every tensor name and shape of the released SUPIR-v0Q/v0F files (SUPIR's own parts), as the
+# official model definition builds them (copied from ../shared/supir/, where its README says how)
+TSV = Path(__file__).resolve().parent / "data" / "official_v0_keys.tsv"
 
 NARROW_UNET = {**SDXL_UNET, "block_out_channels": [32, 64, 128], "attention_head_dim": [1, 2, 4],
                "cross_attention_dim": 32, "addition_time_embed_dim": 8,
@@ -56,6 +55,9 @@ def test_released_names_and_shapes_map_one_to_one_at_sdxl_size(sdxl_parts):
              "first_stage_model.decoder.conv_in.weight": (512, 4, 3, 3)}
     shapes = keys | extra
     convert_tensors(list(shapes), lambda k: torch.empty(shapes[k], device="meta"), sdxl_parts)
+    # the paper's trimmed adaptor stays available under its own preset name
+    trimmed = meta_parts(ModelConfig(preset="sdxl_trimmed"))["adaptor"]
+    assert round(sum(p.numel() for p in trimmed.parameters()) / 1e6, 1) == 597.8
 
 
 # Hand-written from the sgm / ldm and diffusers module trees, independent of the rule tables.
@@ -163,3 +165,18 @@ def test_missing_and_extra_keys_fail_naming_them(tmp_path):
 def test_cli_refuses_a_missing_file_naming_it(tmp_path, capsys):
     assert main(["--supir", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "o")]) == 2
     assert "nope.ckpt" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_register_in_mlflow_and_resolve_the_alias(tmp_path):
+    from model.convert_official import register
+    from stages.restore import resolve_model_path
+
+    path, _, _ = narrow_file(tmp_path)
+    folder = convert(path, tmp_path / "ckpt", parts=meta_parts(ModelConfig(**NARROW_CFG), NARROW_UNET, NARROW_VAE))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert register(folder, "supir@official", tracking_uri=uri) == "models:/supir@official"
+    local = resolve_model_path("models:/supir@official", uri)
+    assert read_meta(local)["extra"]["tensors"] == 1036
+    with pytest.raises(ConfigError, match="--register"):
+        register(folder, "supir", tracking_uri=uri)
