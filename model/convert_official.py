@@ -25,6 +25,7 @@ against the 0.9 VAE, ``sd_xl_base_1.0_0.9vae.safetensors``), loaded when the che
 from __future__ import annotations
 
 import argparse
+import pickle
 import re
 import sys
 from contextlib import contextmanager
@@ -171,9 +172,14 @@ def open_tensors(path: str | Path) -> Iterator[tuple[list[str], Callable[[str], 
             yield list(f.keys()), f.get_tensor
         return
     try:
-        obj = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError:  # an old (non-zip) torch file cannot be memory-mapped
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError:  # an old (non-zip) torch file cannot be memory-mapped
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # an object weights_only refuses: never unpickled here
+        raise ConfigError(f"--supir = {str(path)!r} is not allowed: it holds objects other than tensors, which "
+                          f"torch.load(weights_only=True) refuses ({str(e).splitlines()[0]}); convert it to "
+                          ".safetensors where it came from") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise ConfigError(f"--supir = {str(path)!r} is not allowed: expected a state dict (or a dict with "

@@ -162,9 +162,12 @@ def test_missing_and_extra_keys_fail_naming_them(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_cli_refuses_a_missing_file_naming_it(tmp_path, capsys):
+def test_cli_refuses_a_missing_file_and_a_pickle_with_code_naming_them(tmp_path, capsys):
     assert main(["--supir", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "o")]) == 2
     assert "nope.ckpt" in capsys.readouterr().err
+    torch.save({"state_dict": {}, "callback": Path("x")}, tmp_path / "evil.ckpt")  # not a plain tensor dict
+    assert main(["--supir", str(tmp_path / "evil.ckpt"), "--out", str(tmp_path / "o")]) == 2
+    assert "weights_only" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from model.checkpoint import PARTS, read_meta
 
@@ -27,6 +26,19 @@ ROOT = Path(__file__).resolve().parents[1]
 TSV = ROOT / "tests" / "data" / "official_v0_keys.tsv"  # the released key layout
 
 pytestmark = pytest.mark.slow
+
+
+WRITE_RANDOM = """
+import sys, torch
+from safetensors.torch import save_file
+rows = [line.split("\\t") for line in open(sys.argv[1]).read().splitlines()[1:]]
+g = torch.Generator().manual_seed(0)
+tensors = {k: (torch.randn([int(x) for x in s.split("x")], generator=g) * 0.02).to(torch.bfloat16) for k, s in rows}
+n = sum(t.numel() for t in tensors.values())
+tensors["model.control_model.mask_LQ"] = torch.ones(1, 1, 64, 64, dtype=torch.bfloat16)  # dropped by name
+save_file(tensors, sys.argv[2])
+print(n)
+"""
 
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float, float]:
@@ -60,19 +72,11 @@ def test_sdxl_size_convert_and_restore_on_cpu(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
     times = {}
 
-    # 1. a random file with exactly the released names and shapes (bf16, 2.7 GB)
-    t0 = time.time()
-    rows = [line.split("\t") for line in TSV.read_text().splitlines()[1:]]
-    g = torch.Generator().manual_seed(0)
-    tensors = {k: (torch.randn([int(x) for x in s.split("x")], generator=g) * 0.02).to(torch.bfloat16)
-               for k, s in rows}
-    tensors["model.control_model.mask_LQ"] = torch.ones(1, 1, 64, 64, dtype=torch.bfloat16)
+    # 1. a random file with exactly the released names and shapes (bf16, 2.7 GB), written by a
+    #    child process so that this one stays small
     supir = tmp_path / "SUPIR-v0Q-random.safetensors"
-    save_file(tensors, str(supir))
-    n_params = sum(t.numel() for k, t in tensors.items() if k != "model.control_model.mask_LQ")
-    del tensors
-    times["write_file_s"] = time.time() - t0
-    assert n_params == 1_332_339_984
+    r, times["write_file_s"], _ = run_measured([sys.executable, "-c", WRITE_RANDOM, str(TSV), str(supir)], env)
+    assert r.returncode == 0 and int(r.stdout.split()[-1]) == 1_332_339_984, r.stdout[-3000:]
 
     # 2. convert (prior: the sdxl preset's seeded random one, recorded as null)
     ckpt = tmp_path / "supir-v0Q"
