@@ -233,9 +233,9 @@ class Restorer:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
-        if model is None:  # every weight loaded once, in the inference dtype
+        if model is None:  # in a 16-bit inference dtype every weight is loaded once, in that dtype
             model = load_model(resolve_model_path(cfg.model), prior_source=cfg.prior, device=self.device,
-                               dtype=self.dtype, prior_dtype=self.dtype)
+                               dtype=self.dtype, prior_dtype=None if self.dtype == torch.float32 else self.dtype)
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         if self.dtype == torch.float16 and getattr(self.model.vae.config, "force_upcast", False):
             # SDXL's VAE overflows in float16 (its config says force_upcast): encode and decode in

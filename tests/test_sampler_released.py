@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from catalog.config import ConfigError, from_dict
-from model.sampler import (GuidedDenoiser, SamplerConfig, churn_gamma, join_prompt, sample, sampling_sigmas,
-                           seeded_generator, snap_sigma)
+from model.sampler import (GuidedDenoiser, SamplerConfig, churn_gamma, discrete_sigmas, join_prompt, sample,
+                           sampling_sigmas, seeded_generator, snap_sigma)
 from model.tiling import TilingConfig, core_boxes, tile_boxes, tiled_apply
 from sampler_models import TinyEps, text  # tests/ is on sys.path under pytest
 from stages.restore import RestoreConfig, Restorer
@@ -60,7 +60,7 @@ def test_snapped_sigma_sequence_and_its_c_in_c_out_and_integer_timestep():
     for i in range(50):
         sigma_hat = float(sigmas[i]) * (1 + gamma)
         k = int(np.argmin(np.abs(train - sigma_hat)))  # reference: nearest training sigma
-        s_q, t = snap_sigma(sigma_hat, sampling_sigmas(1000)[:-1].flip(0))
+        s_q, t = snap_sigma(sigma_hat, discrete_sigmas())
         assert t == k and s_q == pytest.approx(train[k], rel=1e-5)
         seen.clear()
         out = den(x, None, sigma_hat, float(sigmas[i]))
@@ -70,7 +70,7 @@ def test_snapped_sigma_sequence_and_its_c_in_c_out_and_integer_timestep():
         # c_out = -sigma': CFG of two equal predictions is the prediction itself
         torch.testing.assert_close(out, x - train[k] * 0.5, rtol=1e-5, atol=1e-5)
     # step 0 with churn: sigma_hat = 16.08 runs at sigma_max = 14.6146, t = 999
-    assert snap_sigma(float(sigmas[0]) * 1.1, sampling_sigmas(1000)[:-1].flip(0)) == (pytest.approx(14.6146, abs=1e-4), 999)
+    assert snap_sigma(float(sigmas[0]) * 1.1, discrete_sigmas()) == (pytest.approx(14.6146, abs=1e-4), 999)
     # the paper's setting: continuous sigma, a fractional timestep
     seen.clear()
     GuidedDenoiser(Recorder(), SamplerConfig(), text(1, 1), text(1, 2))(x, None, 16.08, 14.6146)
