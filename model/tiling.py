@@ -216,6 +216,12 @@ class SharedGroupNorm:
         i = self.local.index
         y0, y1, x0, x1 = self.boxes[i]
         cy0, cy1, cx0, cx1 = self.cores[i]
+        if x.ndim == 3:  # (B, C, h*w): attention blocks normalise flattened tokens (diffusers' group_norm)
+            f = (x.shape[-1] / ((y1 - y0) * (x1 - x0))) ** 0.5
+            h, w = round((y1 - y0) * f), round((x1 - x0) * f)
+            if h * w != x.shape[-1]:
+                raise ValueError(f"GroupNorm input {tuple(x.shape)} is not a flattened {y1 - y0}x{x1 - x0} tile")
+            x = x.reshape(*x.shape[:2], h, w)
         fy, fx = x.shape[-2] / (y1 - y0), x.shape[-1] / (x1 - x0)  # this layer's resolution / the tile's
         core = x[..., round(cy0 * fy):round(cy1 * fy), round(cx0 * fx):round(cx1 * fx)].double()
         core = core.reshape(x.shape[0], groups, -1)  # (B, G, n)

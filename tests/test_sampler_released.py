@@ -133,6 +133,19 @@ def test_groupnorm_statistics_shared_across_tiles_equal_untiled():
         per_tile = tiled_apply(net, x, 32, 8, 1.0)
     torch.testing.assert_close(shared, ref, rtol=1e-5, atol=1e-5)
     assert (per_tile - ref).abs().max() > 0.05
+    # a GroupNorm over flattened tokens (B, C, h*w), as in the VAE's mid-block attention
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.GroupNorm(4, 16)
+
+        def forward(self, t):
+            return self.norm(t.flatten(2)).reshape(t.shape)
+
+    tokens = Tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(tiled_apply(tokens, x, 32, 8, 1.0, shared_norm=tokens), tokens(x),
+                                   rtol=1e-5, atol=1e-5)
     # the cores partition the image: every pixel counted once in the statistics
     boxes = tile_boxes(72, 56, 32, 24)
     count = torch.zeros(72, 56)
