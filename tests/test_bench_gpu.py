@@ -62,6 +62,7 @@ def test_restore_bench_runs_at_tiny_size_on_cpu(gpu):
     assert r["float32"]["steps"] == 2 and r["float32"]["seconds_per_step"] > 0 and r["parameters_m"]["unet"] > 0
 
 
+@pytest.mark.slow
 def test_train_bench_runs_at_tiny_size_on_cpu(gpu):
     t = gpu.bench_train(preset="tiny", crop=64, steps=1, device="cpu")
     assert t["steps_per_s"] > 0 and math.isfinite(t["loss"]) and t["model_tflops_per_step"] > 0
