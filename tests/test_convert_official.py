@@ -101,6 +101,25 @@ def test_spot_checked_names_and_connector_order(sdxl_parts):
     assert project_module_targets(SDXL_UNET)[3] == "cross_attn.1" and project_module_targets(SDXL_UNET)[7] == "cross_attn.0"
 
 
+def test_adaptor_and_encoder_names_agree_with_diffusers_own_ldm_converters():
+    """Oracle: diffusers' single-file converters (sgm UNet -> UNet2DConditionModel, ldm VAE ->
+    AutoencoderKL) rename the adaptor's (a UNet encoder's) and E_dr's (a VAE encoder's) keys
+    exactly as our rule tables do. Each tensor carries its own index, so the test follows it."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    keymap = KeyMap(SDXL_UNET)
+    keys = list(released())
+    for prefix, as_ldm, convert_fn, config, ours in (
+            ("model.control_model.", lambda k: "model.diffusion_model." + k[len("model.control_model."):],
+             convert_ldm_unet_checkpoint, SDXL_UNET, "adaptor."),
+            ("first_stage_model.", lambda k: k.replace("denoise_encoder", "encoder"),
+             convert_ldm_vae_checkpoint, SDXL_VAE, "encoder.")):
+        ldm = [k for k in keys if k.startswith(prefix) and "input_hint_block" not in k]  # the hint conv is SUPIR's
+        out = convert_fn({as_ldm(k): torch.tensor([float(i)]) for i, k in enumerate(ldm)}, dict(config))
+        theirs = {int(v.flatten()[0]): ours + k for k, v in out.items()}
+        assert len(theirs) == len(ldm) and all(theirs[i] == keymap(k) for i, k in enumerate(ldm))
+
+
 def narrow_file(tmp_path, drop=(), add=None, suffix=".safetensors", wrap=False):
     """Random tensors under exactly the released names, shaped for the narrow parts."""
     parts = meta_parts(ModelConfig(**NARROW_CFG), NARROW_UNET, NARROW_VAE)
