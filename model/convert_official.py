@@ -210,8 +210,8 @@ def meta_parts(cfg: ModelConfig, unet_config: Optional[dict] = None, vae_config:
 def convert_tensors(keys: list[str], get: Callable[[str], torch.Tensor], parts: dict[str, torch.nn.Module],
                     dtype: Optional[torch.dtype] = None) -> dict[str, str]:
     """Assign the file's SUPIR tensors into ``parts`` (built on meta), strictly. Returns the
-    mapping used, official key -> our key. Raises ConfigError naming unknown, missing and
-    mis-shaped keys before anything is read."""
+    mapping used, official key -> our key. Raises ConfigError naming the unknown and missing
+    keys before any tensor is read, and a mis-shaped tensor when it is read."""
     keymap = KeyMap(_unet_layout(parts))
     targets = {f"{name}.{k}": p for name, module in parts.items() for k, p in module.state_dict().items()}
     mapping, unknown = {}, []
