@@ -212,10 +212,12 @@ def write_llava_7b(folder: Path, device: str = "cuda", dtype: torch.dtype = torc
             model = LlavaForConditionalGeneration(config).eval()
     finally:
         torch.set_default_dtype(old)
-    # random weights may pick any token; never EOS (a fixed caption length), the placeholder or padding
+    # random weights may pick any token: never the placeholder, padding, or an id the small offline
+    # tokenizer cannot decode (the 7B vocabulary is 32064 wide); min_new_tokens fixes the length
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        suppress_tokens=[image_token, tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id])
+        suppress_tokens=[image_token, tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id,
+                         *range(len(tokenizer), config.text_config.vocab_size)])
     model.save_pretrained(folder)
     del model
     processor = LlavaProcessor(

@@ -75,3 +75,26 @@ def test_llava_7b_config_has_the_published_parameter_count(gpu):
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(gpu.llava_7b_config())
     assert sum(p.numel() for p in model.parameters()) == 7_063_427_072  # llava-hf/llava-1.5-7b-hf
+
+
+@pytest.mark.slow
+def test_caption_bench_path_runs_on_cpu_with_a_narrow_llava(gpu, monkeypatch):
+    """write_llava_7b + bench/caption.py's run, end to end on the CPU: the 7B shape's processor (336
+    px, patch 14, 576 image tokens) with the widths shrunk so that it runs in seconds."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    seven_b = gpu.llava_7b_config
+
+    def narrow(vocab_size=32064, image_token_index=32000):
+        full = seven_b(vocab_size, image_token_index)
+        vision = CLIPVisionConfig(**{**full.vision_config.to_dict(), "hidden_size": 32, "intermediate_size": 64,
+                                     "num_hidden_layers": 2, "num_attention_heads": 2})
+        text = LlamaConfig(**{**full.text_config.to_dict(), "hidden_size": 64, "intermediate_size": 128,
+                              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4})
+        return LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token_index,
+                           image_seq_length=576, vision_feature_layer=-2, vision_feature_select_strategy="default")
+
+    monkeypatch.setattr(gpu, "llava_7b_config", narrow)
+    out = gpu.bench_caption(batch_sizes=(1, 2), tokens=4, device="cpu")
+    assert [r["batch_size"] for r in out["runs"]] == [1, 2]
+    assert all(r["images_per_s"] > 0 and r["image_side"] == 336 for r in out["runs"])
