@@ -34,8 +34,10 @@ GAUSSIAN_VARIANCE = 0.01  # of the tile size squared
 class TilingConfig:
     """When and how large images are cut into tiles."""
 
-    tiled_sampling: bool = True
-    """Sample in latent tiles when the latent is larger than one tile (else the whole latent at once)."""
+    tiled_sampling: Optional[bool] = None
+    """Sample in latent tiles when the latent is larger than one tile (else the whole latent at once).
+    null: the sampler preset's (paper true; released false: the released script, with its
+    non-tiled sampler config, samples the whole latent whatever its size)."""
 
     tile_size: int = 128
     """Latent tile side for sampling (SUPIR: 128 latent px = 1024 image px)."""

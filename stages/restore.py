@@ -122,6 +122,8 @@ class RestoreConfig:
         released = self.sampler.preset == "released"  # the restore-side settings of the sampler preset
         if self.clamp_stage1 is None:
             self.clamp_stage1 = not released
+        if self.tiling.tiled_sampling is None:
+            self.tiling.tiled_sampling = not released
         if self.tiling.tiled_vae is None:
             self.tiling.tiled_vae = not released
         if self.tiling.vae_groupnorm is None:

@@ -37,9 +37,11 @@ def test_presets_fill_only_what_is_not_given():
     with pytest.raises(ConfigError, match="sampler.preset"):
         from_dict(SamplerConfig, {"preset": "official"}, prefix="sampler")
     r = RestoreConfig(model="-", sampler=SamplerConfig(preset="released"))
-    assert (r.clamp_stage1, r.tiling.tiled_vae, r.tiling.vae_groupnorm) == (False, False, "shared")
+    assert (r.clamp_stage1, r.tiling.tiled_vae, r.tiling.vae_groupnorm, r.tiling.tiled_sampling) == \
+        (False, False, "shared", False)
     p = RestoreConfig(model="-")
-    assert (p.clamp_stage1, p.tiling.tiled_vae, p.tiling.vae_groupnorm) == (True, True, "per_tile")
+    assert (p.clamp_stage1, p.tiling.tiled_vae, p.tiling.vae_groupnorm, p.tiling.tiled_sampling) == \
+        (True, True, "per_tile", True)
     forced = RestoreConfig(model="-", sampler=SamplerConfig(preset="released"), tiling=TilingConfig(tiled_vae=True))
     assert forced.tiling.tiled_vae and forced.tiling.vae_groupnorm == "shared"
 
