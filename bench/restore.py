@@ -1,15 +1,13 @@
 """Benchmark of SUPIR restoration: prints JSON with seconds per sampling step and per image.
 
-    python bench/restore.py                      # tiny preset on the CPU (+ SDXL size when CUDA is present)
-    python bench/restore.py --tiny-size 256 --tiny-steps 10 --sdxl-steps 50 --skip-sdxl
+    python bench/restore.py                      # tiny preset on the CPU
+    python bench/restore.py --tiny-size 256 --tiny-steps 10
 
 - ``tiny_cpu``: the tiny preset (random weights), one image of --tiny-size px, --tiny-steps steps,
   on the CPU in float32. Seconds per image include the VAE passes; seconds per step are the
   sampler loop alone (CFG: both prompts in one batch of 2).
-- ``sdxl_cuda`` (only with CUDA): the SDXL-size model with random weights (UNet 2567.5M, trimmed
-  adaptor 597.8M, connectors 54.8M) in bfloat16 at 1024x1024, 50 steps, CFG on: one 128x128
-  latent tile, no tiling. For comparison, about 7 s per image is the estimate for the official
-  code on an A100 at the same size and steps (the estimate the issue gives, not measured here).
+
+The SDXL-size restore on a GPU (1024x1024, 50 steps, bf16 and fp16) is in bench/gpu.py.
 
 Each configuration runs once to warm up (2 steps), then --repeats timed runs; the median is reported.
 """
@@ -32,10 +30,9 @@ from PIL import Image
 
 from model.config import ModelConfig
 from model.sampler import SamplerConfig
-from model.supir import build_model, parameter_counts
+from model.supir import build_model
 from stages.restore import RestoreConfig, Restorer
 
-OFFICIAL_A100_SECONDS = 7.0  # the issue's estimate for the official code, 1024x1024, 50 steps
 
 
 def test_image(size: int, seed: int = 0) -> Image.Image:
@@ -79,34 +76,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny-size", type=int, default=256)
     ap.add_argument("--tiny-steps", type=int, default=10)
-    ap.add_argument("--sdxl-size", type=int, default=1024)
-    ap.add_argument("--sdxl-steps", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--skip-tiny", action="store_true")
-    ap.add_argument("--skip-sdxl", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     result: dict = {"torch": torch.__version__, "machine": platform.machine(), "cpu_threads": torch.get_num_threads()}
-    if not args.skip_tiny:
-        model = build_model(ModelConfig(preset="tiny"))
-        result["tiny_cpu"] = time_restore(model, "cpu", "float32", args.tiny_size, args.tiny_steps, args.repeats)
-        del model
-    if args.skip_sdxl:
-        result["sdxl_cuda"] = {"skipped": "--skip-sdxl"}
-    elif not torch.cuda.is_available():
-        result["sdxl_cuda"] = {"skipped": "no CUDA device"}
-    else:
-        t0 = time.perf_counter()
-        model = build_model(ModelConfig(preset="sdxl", dtype="bfloat16"), device="cuda")
-        counts = {k: round(v / 1e6, 1) for k, v in parameter_counts(model).items()}
-        build_s = time.perf_counter() - t0
-        r = time_restore(model, "cuda", "bfloat16", args.sdxl_size, args.sdxl_steps, args.repeats)
-        r.update(device=torch.cuda.get_device_name(), build_seconds=round(build_s, 1), parameters_m=counts,
-                 official_a100_estimate_seconds=OFFICIAL_A100_SECONDS,
-                 vs_official_estimate=round(r["seconds_per_image"] / OFFICIAL_A100_SECONDS, 3))
-        result["sdxl_cuda"] = r
+    model = build_model(ModelConfig(preset="tiny"))
+    result["tiny_cpu"] = time_restore(model, "cpu", "float32", args.tiny_size, args.tiny_steps, args.repeats)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -27,7 +27,7 @@ from model.config import ModelConfig
 from model.connectors import SUPIRConnectors
 from model.encoder import DegradationRobustEncoder
 from model.prior import SDXLPrior
-from model.supir import SUPIRModel, build_model
+from model.supir import SUPIRModel, make_prior
 
 FORMAT = "supir-trainable-v1"
 PARTS = {"encoder": DegradationRobustEncoder, "adaptor": GLVControl, "connectors": SUPIRConnectors}
@@ -51,11 +51,19 @@ def prior_record(prior: SDXLPrior, hash_weights: Optional[bool] = None) -> dict[
 def save_trainable(model: SUPIRModel, folder: str | Path, hash_prior_weights: Optional[bool] = None,
                    extra: Optional[dict[str, Any]] = None) -> Path:
     """Write the trainable parts of ``model`` to ``folder`` (see the module doc for the layout)."""
+    return save_parts(model.trainable_modules(), model.config, prior_record(model.prior, hash_prior_weights),
+                      folder, extra)
+
+
+def save_parts(parts: dict[str, torch.nn.Module], config: ModelConfig, prior: dict[str, Any], folder: str | Path,
+               extra: Optional[dict[str, Any]] = None) -> Path:
+    """Write ``parts`` (encoder, adaptor, connectors) and supir.json with ``prior`` (a
+    :func:`prior_record`) to ``folder``; also what model/convert_official.py writes."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for name, module in model.trainable_modules().items():
-        module.save_pretrained(folder / name, safe_serialization=True)
-    meta = {"format": FORMAT, "model": to_dict(model.config), "prior": prior_record(model.prior, hash_prior_weights)}
+    for name in PARTS:
+        parts[name].save_pretrained(folder / name, safe_serialization=True)
+    meta = {"format": FORMAT, "model": to_dict(config), "prior": prior}
     if extra:
         meta["extra"] = extra
     (folder / "supir.json").write_text(json.dumps(meta, indent=2))
@@ -102,12 +110,25 @@ def load_trainable(model: SUPIRModel, folder: str | Path, strict_prior: bool = T
 
 
 def load_model(folder: str | Path, prior: Optional[SDXLPrior] = None, prior_source: Optional[str] = None,
-               device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> SUPIRModel:
+               device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+               prior_dtype: Optional[torch.dtype] = None) -> SUPIRModel:
     """A whole SUPIRModel from a checkpoint folder: the recorded ModelConfig, the prior from its
-    recorded source (or ``prior_source``, or an already loaded ``prior``), the saved parts."""
+    recorded source (or ``prior_source``, or an already loaded ``prior``) in ``prior_dtype``
+    (default: the recorded ``model.dtype``), the saved parts in ``dtype``. The parts are read
+    straight from their files (no initialisation from the prior first): an SDXL-size model
+    holds each weight once."""
     meta = read_meta(folder)
     cfg = from_dict(ModelConfig, meta["model"], prefix="model")
     if prior_source is not None:
         cfg.prior = prior_source
-    model = build_model(cfg, device=device, prior=prior)
-    return load_trainable(model, folder, dtype=dtype)
+    if prior_dtype is not None:
+        cfg.dtype = str(prior_dtype).removeprefix("torch.")
+    if prior is None:
+        prior = make_prior(cfg, device)
+    check_prior(prior, meta["prior"])
+    parts = {name: cls.from_pretrained(Path(folder) / name, use_safetensors=True, torch_dtype=dtype)
+             .to(prior.unet.device).requires_grad_(True) for name, cls in PARTS.items()}
+    model = SUPIRModel(prior, parts["encoder"], parts["adaptor"], parts["connectors"], config=cfg)
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return model

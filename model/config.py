@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional
 
 from catalog.config import check
 
-PRESETS = ("tiny", "sdxl")
+PRESETS = ("tiny", "sdxl", "sdxl_trimmed")
 DTYPES = ("float32", "bfloat16", "float16")
 
 # ---------------------------------------------------------------------------------------------
@@ -166,9 +166,13 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+# ``sdxl_trimmed``: the same SDXL prior with the paper's trimmed adaptor, for training from scratch.
+ARCHITECTURES["sdxl_trimmed"] = ARCHITECTURES["sdxl"]
+
 # The paper's trimmed adaptor (section 3.1: "we trim half of the ViT blocks in each encoder
-# block"; official config comment: transformer_depth [1, 2, 10] -> [1, 1, 4]).
-TRIMMED_DEPTH = {"sdxl": (1, 1, 4), "tiny": (1, 1, 1)}
+# block"; official config comment: transformer_depth [1, 2, 10] -> [1, 1, 4]). ``sdxl`` is not
+# here: the released SUPIR-v0Q/v0F weights are untrimmed (the prior's depth, mid block 10).
+TRIMMED_DEPTH = {"sdxl_trimmed": (1, 1, 4), "tiny": (1, 1, 1)}
 
 
 def architecture(preset: str) -> dict[str, dict[str, Any]]:
@@ -181,9 +185,11 @@ def architecture(preset: str) -> dict[str, dict[str, Any]]:
 class ModelConfig:
     """The SUPIR model: which prior, and how the trainable parts are shaped."""
 
-    preset: Literal["tiny", "sdxl"] = "tiny"
+    preset: Literal["tiny", "sdxl", "sdxl_trimmed"] = "tiny"
     """Architecture of the prior when it is built with random weights (``prior: null``) or read
-    from a single file without its own config; also chooses the default adaptor trimming."""
+    from a single file without its own config; also chooses the default adaptor depth: ``sdxl``
+    untrimmed (1, 2, 10; mid 10) as the released SUPIR weights, ``sdxl_trimmed`` the paper's
+    (1, 1, 4) on the same SDXL prior (training from scratch), ``tiny`` (1, 1, 1)."""
 
     prior: Optional[str] = None
     """SDXL base weights: a local diffusers folder (unet/, vae/, text_encoder/, text_encoder_2/),
@@ -196,8 +202,8 @@ class ModelConfig:
 
     adaptor_transformer_depth: Optional[tuple[int, ...]] = None
     """Transformer blocks per adaptor encoder stage, one entry per UNet down block (SDXL's first
-    stage has no attention, its entry is unused). null: the preset's trimmed depth, (1, 1, 4) for
-    sdxl as in the paper; the released SUPIR checkpoints are untrimmed, (1, 2, 10)."""
+    stage has no attention, its entry is unused). null: the preset's depth: the prior's own
+    (1, 2, 10) for sdxl, as the released SUPIR checkpoints; (1, 1, 4) for sdxl_trimmed, as the paper."""
 
     adaptor_mid_transformer_depth: Optional[int] = None
     """Transformer blocks in the adaptor's mid block. null: the last stage's depth (as sgm does)."""
@@ -255,8 +261,8 @@ class ModelConfig:
         prior = unet_config["transformer_layers_per_block"]
         prior = [prior] * n if isinstance(prior, int) else list(prior)
         if self.adaptor_transformer_depth is None:
-            trimmed = TRIMMED_DEPTH[self.preset]
-            depth = list(trimmed) if len(trimmed) == n else prior
+            trimmed = TRIMMED_DEPTH.get(self.preset)
+            depth = list(trimmed) if trimmed is not None and len(trimmed) == n else prior
         else:
             depth = list(self.adaptor_transformer_depth)
         check(len(depth) == n, "model.adaptor_transformer_depth", depth,

@@ -129,11 +129,16 @@ def build_prior(preset: str = "tiny", device: str | torch.device = "cpu", dtype:
                 seed: int = 0) -> SDXLPrior:
     """The preset's architecture with random weights, seeded (global RNG state is left untouched).
 
-    ``device="meta"`` allocates nothing (parameter counting at SDXL scale)."""
+    ``device="meta"`` allocates nothing (parameter counting at SDXL scale). The SDXL presets are
+    built in a 16-bit ``dtype`` directly, so that they never exist in float32 (13 GB; their random
+    values then differ from a float32 build's); ``tiny`` is built in float32 and cast, so that a
+    tiny random prior has the same values in every dtype (a checkpoint trained on it in float32
+    restores on a GPU in bf16)."""
     configs = architecture(preset)
     device = torch.device(device)
     rng = contextlib.nullcontext() if device.type == "meta" else torch.random.fork_rng(devices=[])
-    with rng, torch.device(device):
+    build_dtype = torch.float32 if preset == "tiny" else dtype
+    with rng, torch.device(device), _default_dtype(build_dtype):
         if device.type != "meta":
             torch.manual_seed(seed)
         unet = UNet2DConditionModel(**configs["unet"])
@@ -141,6 +146,16 @@ def build_prior(preset: str = "tiny", device: str | torch.device = "cpu", dtype:
         te, te2 = _text_encoders(configs)
     prior = SDXLPrior(unet, vae, te, te2, *_tokenizers(), source=None)
     return prior.to(dtype=dtype) if dtype != torch.float32 else prior
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 def load_prior(source: str, preset: str = "sdxl", dtype: torch.dtype = torch.float32,

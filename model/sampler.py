@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Literal, Optional, Protocol
 
 import numpy as np
 import torch
@@ -48,9 +48,41 @@ DEFAULT_NEGATIVE_PROMPT = (
 )
 
 
+PRESETS = ("paper", "released")
+# The settings that differ between the paper's sampler (DESIGN section 7) and the released
+# inference script (test.py of Fanghua-Yu/SUPIR; ../shared/supir/README.md). A field left null
+# takes its preset's value; a value given explicitly wins.
+PRESET_VALUES: dict[str, dict[str, Any]] = {
+    "paper": {"sigma_snap": False, "s_noise": 1.003, "tau_r": 4.0, "size_conditioning": 0, "prompt_separator": ", "},
+    "released": {"sigma_snap": True, "s_noise": 1.01, "tau_r": 0.0, "size_conditioning": 1024, "prompt_separator": ""},
+}
+
+
 @dataclass
 class SamplerConfig:
     """The restoration-guided sampler's knobs; defaults are SUPIR's (DESIGN section 7)."""
+
+    preset: Literal["paper", "released"] = "paper"
+    """Where the null fields below take their values: ``paper`` (DESIGN section 7: continuous
+    sigma, restoration guidance tau_r 4, s_noise 1.003, size conditioning from the image) or
+    ``released`` (the released inference script, what the SUPIR-v0Q/v0F weights expect: sigma
+    snapped to the training sigmas, restoration guidance off, s_noise 1.01, size conditioning
+    fixed at 1024). pipelines/restore.py ``--sampler-preset``; configs/sdxl.yaml: released."""
+
+    sigma_snap: Optional[bool] = None
+    """Snap sigma to the nearest of the 1000 training sigmas inside the denoiser (sgm's
+    DiscreteDenoiser): c_in, c_out and the timestep (then an integer index) follow the snapped
+    value, so a churned step 0 (sigma_hat 16.08) runs at 14.6146. false: continuous sigma and a
+    log-interpolated timestep. null: the preset's (released true, paper false)."""
+
+    size_conditioning: Optional[int] = None
+    """SDXL size micro-conditioning: 0 uses the image's own size (original = target = H x W);
+    N > 0 fixes original and target size at N x N with crop (0, 0), as the released script
+    does with 1024. null: the preset's (released 1024, paper 0)."""
+
+    prompt_separator: Optional[str] = None
+    """Joins the row's caption and ``positive_prompt``: ``"<caption><sep><positive_prompt>"``.
+    The released script concatenates them with nothing between (""); paper ", ". null: the preset's."""
 
     num_steps: int = 50
     """N, the number of Euler steps (N + 1 sigmas, the last 0)."""
@@ -58,8 +90,9 @@ class SamplerConfig:
     s_churn: float = 5.0
     """EDM churn: each step first raises sigma by gamma = min(s_churn / N, sqrt(2) - 1)."""
 
-    s_noise: float = 1.003
-    """EDM's noise inflation: the churn noise is multiplied by it."""
+    s_noise: Optional[float] = None
+    """EDM's noise inflation: the churn noise is multiplied by it. null: the preset's (paper
+    1.003, released 1.01)."""
 
     cfg_scale: float = 4.0
     """Classifier-free guidance scale at sigma = 0 (and everywhere when ``linear_cfg`` is false).
@@ -81,9 +114,10 @@ class SamplerConfig:
     linear_control_scale: bool = False
     """Control scale linear in sigma: s(sigma) = (sigma / sigma_max) * (start - s) + s."""
 
-    tau_r: float = 4.0
+    tau_r: Optional[float] = None
     """Restoration guidance exponent tau_r (the paper's k_t = (sigma_t / sigma_max) ** tau_r);
-    0 turns restoration guidance off. 4.0 is the released config's ``restore_cfg``."""
+    0 turns restoration guidance off. null: the preset's: paper 4.0 (the released yaml's
+    ``restore_cfg``), released 0 (its script passes s_stage1 = -1: guidance off unless asked)."""
 
     guidance_sigma_min: float = 0.05
     """Restoration guidance is applied only while the next sigma is above this."""
@@ -98,6 +132,12 @@ class SamplerConfig:
     """Run seed; each image's noise comes from a torch.Generator seeded by (seed, image key)."""
 
     def __post_init__(self) -> None:
+        check(self.preset in PRESETS, "sampler.preset", self.preset, "one of " + ", ".join(PRESETS))
+        for name, value in PRESET_VALUES[self.preset].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        check(isinstance(self.size_conditioning, int) and self.size_conditioning >= 0, "sampler.size_conditioning",
+              self.size_conditioning, "0 (the image's size) or a size in pixels")
         check(isinstance(self.num_steps, int) and 1 <= self.num_steps <= NUM_TRAIN_TIMESTEPS,
               "sampler.num_steps", self.num_steps, f"an integer in [1, {NUM_TRAIN_TIMESTEPS}]")
         check(self.s_churn >= 0, "sampler.s_churn", self.s_churn, "a number >= 0")
@@ -167,6 +207,24 @@ def sigma_to_t(sigma: torch.Tensor | float, train_sigmas: torch.Tensor) -> torch
     lo, hi = log_sigmas[low], log_sigmas[low + 1]
     w = ((lo - log_sigma) / (lo - hi)).clamp(0, 1)
     return ((1 - w) * low + w * (low + 1)).reshape(sigma.shape)
+
+
+def snap_sigma(sigma: float, train_sigmas: torch.Tensor) -> tuple[float, int]:
+    """The nearest training sigma and its index (sgm's DiscreteDenoiser, the released sampler):
+
+        t = argmin_k |sigma - sigma_k|,   sigma' = sigma_t
+
+    Above sigma_max (a churned step 0: 14.6146 * 1.1 = 16.08) that is sigma_max itself, t = 999."""
+    t = int((train_sigmas - float(sigma)).abs().argmin())
+    return float(train_sigmas[t]), t
+
+
+def join_prompt(caption: Optional[str], prompt: str, separator: str) -> str:
+    """The positive prompt of one image: ``caption + separator + prompt`` (just ``prompt`` without
+    a caption). The released script joins with "" (``''.join([caption, a_prompt])``)."""
+    if not caption or not caption.strip():
+        return prompt
+    return f"{caption.strip()}{separator}{prompt}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,22 +363,33 @@ class GuidedDenoiser:
         self.both = positive.cat(negative) if self.use_cfg else positive
 
     def eps(self, x: torch.Tensor, z_lq: Optional[torch.Tensor], sigma: float, cond: Conditioning,
-            control_scale: float) -> torch.Tensor:
-        """eps(x / sqrt(sigma^2 + 1), t(sigma)) in float32."""
+            control_scale: float, timestep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """eps(x / sqrt(sigma^2 + 1), t(sigma)) in float32 (``timestep``: t given, e.g. an integer index)."""
         dtype = self.dtype or x.dtype
-        t = sigma_to_t(sigma, self.train_sigmas).to(x.device).expand(x.shape[0])  # (B,)
+        t = sigma_to_t(sigma, self.train_sigmas) if timestep is None else timestep
+        t = t.to(x.device).expand(x.shape[0])  # (B,)
         cond = cond.to(x.device, dtype)
         out = self.model(scale_model_input(x, sigma).to(dtype), t, cond.encoder_hidden_states,
                          cond.added_cond_kwargs, None if z_lq is None else z_lq.to(dtype), control_scale)
         return out.float()
 
+    def denoise(self, x: torch.Tensor, z_lq: Optional[torch.Tensor], sigma: float, cond: Conditioning,
+                control_scale: float) -> torch.Tensor:
+        """D(x, sigma) = x - sigma' * eps(x / sqrt(sigma'^2 + 1), t'), with sigma' = sigma and t' = t(sigma),
+        or with ``sigma_snap`` the nearest training sigma and its integer index (:func:`snap_sigma`)."""
+        if not self.cfg.sigma_snap:
+            return eps_to_denoised(x, sigma, self.eps(x, z_lq, sigma, cond, control_scale))
+        sigma_q, t = snap_sigma(sigma, self.train_sigmas)
+        eps = self.eps(x, z_lq, sigma_q, cond, control_scale, torch.tensor(t, dtype=torch.int64))
+        return eps_to_denoised(x, sigma_q, eps)
+
     def __call__(self, x: torch.Tensor, z_lq: Optional[torch.Tensor], sigma_hat: float, sigma: float) -> torch.Tensor:
         s = control_scale_at(sigma, self.cfg, self.sigma_max)
         if not self.use_cfg:
-            return eps_to_denoised(x, sigma_hat, self.eps(x, z_lq, sigma_hat, self.positive, s))
+            return self.denoise(x, z_lq, sigma_hat, self.positive, s)
         x2 = torch.cat([x, x])  # (2B, C, h, w): positive rows first
         z2 = None if z_lq is None else torch.cat([z_lq, z_lq])
-        den_pos, den_neg = eps_to_denoised(x2, sigma_hat, self.eps(x2, z2, sigma_hat, self.both, s)).chunk(2)
+        den_pos, den_neg = self.denoise(x2, z2, sigma_hat, self.both, s).chunk(2)
         return classifier_free_guidance(den_pos, den_neg, cfg_scale_at(sigma_hat, self.cfg, self.sigma_max))
 
 

@@ -249,14 +249,19 @@ def _bare_encoder(prior: SDXLPrior) -> DegradationRobustEncoder:
                                     c.norm_num_groups, c.scaling_factor, getattr(c, "shift_factor", None))
 
 
+def make_prior(cfg: ModelConfig, device: str | torch.device = "cpu") -> SDXLPrior:
+    """The prior of ``cfg``: loaded from ``cfg.prior``, or the preset's architecture with seeded
+    random weights (``prior: null``), in ``cfg.dtype``."""
+    if cfg.prior is None:
+        return build_prior(cfg.preset, device=device, dtype=torch_dtype(cfg.dtype), seed=cfg.seed)
+    return load_prior(cfg.prior, cfg.preset, dtype=torch_dtype(cfg.dtype), device=device)
+
+
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", prior: Optional[SDXLPrior] = None) -> SUPIRModel:
     """The model of ``cfg``: its prior (loaded from ``cfg.prior``, or random for ``prior: null``;
     or the ``prior`` given) with fresh trainable parts. ``device="meta"`` allocates nothing."""
     if prior is None:
-        if cfg.prior is None:
-            prior = build_prior(cfg.preset, device=device, dtype=torch_dtype(cfg.dtype), seed=cfg.seed)
-        else:
-            prior = load_prior(cfg.prior, cfg.preset, dtype=torch_dtype(cfg.dtype), device=device)
+        prior = make_prior(cfg, device)
     model = SUPIRModel(prior, *build_trainable(prior, cfg), config=cfg)
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -276,4 +281,4 @@ def parameter_counts(model: SUPIRModel) -> dict[str, int]:
             "connectors": count_parameters(model.connectors)}
 
 
-__all__ = ["SUPIRModel", "build_model", "build_trainable", "parameter_counts"]
+__all__ = ["SUPIRModel", "build_model", "make_prior", "build_trainable", "parameter_counts"]

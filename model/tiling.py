@@ -15,10 +15,14 @@ through in one piece, exactly as untiled.
 """
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Literal, Optional
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from catalog.config import check
 from model.sampler import Denoiser
@@ -30,8 +34,10 @@ GAUSSIAN_VARIANCE = 0.01  # of the tile size squared
 class TilingConfig:
     """When and how large images are cut into tiles."""
 
-    tiled_sampling: bool = True
-    """Sample in latent tiles when the latent is larger than one tile (else the whole latent at once)."""
+    tiled_sampling: Optional[bool] = None
+    """Sample in latent tiles when the latent is larger than one tile (else the whole latent at once).
+    null: the sampler preset's (paper true; released false: the released script, with its
+    non-tiled sampler config, samples the whole latent whatever its size)."""
 
     tile_size: int = 128
     """Latent tile side for sampling (SUPIR: 128 latent px = 1024 image px)."""
@@ -39,8 +45,16 @@ class TilingConfig:
     tile_stride: int = 64
     """Latent distance between tile starts (SUPIR: 64, tiles overlap by half)."""
 
-    tiled_vae: bool = True
-    """Encode and decode with the VAE in overlapping tiles when the image is larger than one tile."""
+    tiled_vae: Optional[bool] = None
+    """Encode and decode with the VAE in overlapping tiles when the image is larger than one tile.
+    null: the sampler preset's (paper true; released false: the whole image at once, tiles only
+    when asked, e.g. for images that do not fit in memory)."""
+
+    vae_groupnorm: Optional[Literal["per_tile", "shared"]] = None
+    """GroupNorm statistics of a tiled VAE: ``per_tile`` (each tile normalises itself, which shifts
+    the colours of every tile) or ``shared`` (every GroupNorm uses the statistics of the whole
+    image, gathered from all tiles, as the released tiled VAE does). null: the sampler preset's
+    (paper per_tile, released shared)."""
 
     encoder_tile_size: int = 512
     """Encoder tile side in image pixels (a multiple of 8)."""
@@ -128,11 +142,12 @@ class TiledDenoiser:
 
 
 def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int,
-                scale: float) -> torch.Tensor:
+                scale: float, shared_norm: Optional[nn.Module] = None) -> torch.Tensor:
     """``fn`` over overlapping tiles of ``x`` (B, C, H, W), blended; fn maps an (h, w) tile to (h*scale, w*scale).
 
     scale is 1/8 for a VAE encoder (tiles in pixels), 8 for a decoder (tiles in latent pixels).
     Tile edges must map to whole output pixels (checked). One tile: ``fn(x)`` itself.
+    ``shared_norm``: the module whose GroupNorms use whole-image statistics (see :class:`SharedGroupNorm`).
     """
     h, w = x.shape[-2:]
     if h <= tile and w <= tile:
@@ -141,9 +156,13 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
     for b in boxes:
         if any(abs(v * scale - round(v * scale)) > 1e-9 for v in b):
             raise ValueError(f"tile {b} of a {h}x{w} input does not map to whole pixels at scale {scale}")
+    if shared_norm is not None:
+        outs = SharedGroupNorm(shared_norm, boxes, h, w).run(fn, x)
+    else:
+        outs = [fn(x[..., y0:y1, x0:x1]) for y0, y1, x0, x1 in boxes]
     out = total = None
-    for y0, y1, x0, x1 in boxes:
-        y = fn(x[..., y0:y1, x0:x1]).float()  # (B, C', th*scale, tw*scale)
+    for (y0, y1, x0, x1), y in zip(boxes, outs):
+        y = y.float()  # (B, C', th*scale, tw*scale)
         if out is None:
             out = y.new_zeros((*y.shape[:2], round(h * scale), round(w * scale)))
             total = y.new_zeros(out.shape[-2:])
@@ -154,9 +173,125 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
     return out / total
 
 
+def core_boxes(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Each tile's own part of the image, in tile coordinates: overlaps are split at their middle,
+    so that the cores partition the image (every pixel counted once)."""
+    def cut(lo: int, hi: int, others: list[tuple[int, int]]) -> tuple[int, int]:
+        a, b = lo, hi
+        for olo, ohi in others:
+            if olo < lo < ohi <= hi:  # the neighbour before overlaps our start
+                a = max(a, (lo + ohi) // 2)
+            if lo <= olo < hi < ohi:  # the neighbour after overlaps our end
+                b = min(b, (olo + hi) // 2)
+        return a - lo, b - lo
+
+    ys = sorted({(y0, y1) for y0, y1, _, _ in boxes})
+    xs = sorted({(x0, x1) for _, _, x0, x1 in boxes})
+    return [(*cut(y0, y1, ys), *cut(x0, x1, xs)) for y0, y1, x0, x1 in boxes]
+
+
+class SharedGroupNorm:
+    """Runs ``fn`` on all tiles in lockstep so that every GroupNorm of ``module`` normalises with
+    the statistics of the whole image (the released tiled VAE's behaviour), not of its tile.
+
+    One thread per tile; at each GroupNorm every tile adds the sums over its core (its share of
+    the image, :func:`core_boxes`, scaled to the layer's resolution) and waits for the others:
+
+        mean_g = sum_tiles S1_g / n_g,   var_g = sum_tiles S2_g / n_g - mean_g^2     (float64)
+        y = (x - mean_g) / sqrt(var_g + eps) * weight + bias
+
+    Tiles compute one at a time (a lock), so peak memory stays near one tile's working set plus
+    the tiles' activations at one layer. Away from tile borders the result equals the untiled
+    network; per-tile statistics differ everywhere.
+    """
+
+    def __init__(self, module: nn.Module, boxes: list[tuple[int, int, int, int]], height: int, width: int):
+        self.norms = [m for m in module.modules() if isinstance(m, nn.GroupNorm)]
+        self.boxes = boxes
+        self.cores = core_boxes(boxes)
+        self.barrier = threading.Barrier(len(boxes))
+        self.lock = threading.Lock()
+        self.local = threading.local()
+        self.sums: dict[int, list] = {}
+
+    def _stats(self, x: torch.Tensor, groups: int) -> torch.Tensor:
+        i = self.local.index
+        y0, y1, x0, x1 = self.boxes[i]
+        cy0, cy1, cx0, cx1 = self.cores[i]
+        if x.ndim == 3:  # (B, C, h*w): attention blocks normalise flattened tokens (diffusers' group_norm)
+            f = (x.shape[-1] / ((y1 - y0) * (x1 - x0))) ** 0.5
+            h, w = round((y1 - y0) * f), round((x1 - x0) * f)
+            if h * w != x.shape[-1]:
+                raise ValueError(f"GroupNorm input {tuple(x.shape)} is not a flattened {y1 - y0}x{x1 - x0} tile")
+            x = x.reshape(*x.shape[:2], h, w)
+        fy, fx = x.shape[-2] / (y1 - y0), x.shape[-1] / (x1 - x0)  # this layer's resolution / the tile's
+        core = x[..., round(cy0 * fy):round(cy1 * fy), round(cx0 * fx):round(cx1 * fx)].double()
+        core = core.reshape(x.shape[0], groups, -1)  # (B, G, n)
+        return torch.stack([core.sum(-1), (core * core).sum(-1), torch.full_like(core[..., 0], core.shape[-1])])
+
+    def _group_norm(self, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self.local, "index", None) is None:  # a call outside the tiles: plain GroupNorm
+            return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        call = self.local.calls
+        self.local.calls += 1
+        self.sums.setdefault(call, [None] * len(self.boxes))[self.local.index] = self._stats(x, norm.num_groups)
+        self.lock.release()
+        self.barrier.wait(timeout=3600)
+        self.lock.acquire()
+        s1, s2, n = torch.stack(self.sums[call]).sum(0)  # (B, G) each
+        mean = s1 / n
+        var = (s2 / n - mean * mean).clamp(min=0)
+        b, c = x.shape[:2]
+        xg = x.reshape(b, norm.num_groups, -1)
+        y = ((xg - mean[..., None].to(x.device, torch.float32)) *
+             torch.rsqrt(var[..., None].to(x.device, torch.float32) + norm.eps)).reshape(x.shape).to(x.dtype)
+        if norm.affine:
+            y = y * norm.weight.reshape(1, c, *[1] * (x.ndim - 2)) + norm.bias.reshape(1, c, *[1] * (x.ndim - 2))
+        return y
+
+    @contextmanager
+    def _patched(self) -> Iterator[None]:
+        for norm in self.norms:
+            norm.forward = (lambda n: (lambda x: self._group_norm(n, x)))(norm)
+        try:
+            yield
+        finally:
+            for norm in self.norms:
+                del norm.forward
+
+    def run(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+        outs: list = [None] * len(self.boxes)
+        errors: list[BaseException] = []
+        grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+        def work(i: int) -> None:
+            y0, y1, x0, x1 = self.boxes[i]
+            self.local.index, self.local.calls = i, 0
+            self.lock.acquire()
+            try:
+                with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                    outs[i] = fn(x[..., y0:y1, x0:x1])
+            except BaseException as e:  # noqa: BLE001 - re-raised below; the others must not wait forever
+                errors.append(e)
+                self.barrier.abort()
+            finally:
+                self.lock.release()
+
+        with self._patched():
+            threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(self.boxes))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+        if errors:
+            raise (real or errors)[0]
+        return outs
+
+
 def num_tiles(height: int, width: int, tile: int, stride: int) -> int:
     return len(tile_starts(height, tile, stride)) * len(tile_starts(width, tile, stride))
 
 
-__all__ = ["TilingConfig", "TiledDenoiser", "tiled_apply", "tile_boxes", "tile_starts", "gaussian_weights",
+__all__ = ["TilingConfig", "TiledDenoiser", "tiled_apply", "SharedGroupNorm", "core_boxes", "tile_boxes", "tile_starts", "gaussian_weights",
            "feather_weights", "num_tiles"]

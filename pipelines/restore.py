@@ -260,6 +260,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--input", required=True, help="folder of images (searched recursively)")
     ap.add_argument("--output", required=True, help="folder for the restored PNGs (same relative paths)")
     ap.add_argument("--prior", default=None, help="load the SDXL prior from here instead of the recorded source")
+    ap.add_argument("--sampler-preset", choices=["paper", "released"],
+                    help="sampler defaults: released (what the released SUPIR-v0Q/v0F weights expect: snapped sigma, "
+                         "no restoration guidance, s_noise 1.01, 1024 size conditioning, no VAE tiling) or paper "
+                         "(default; DESIGN section 7). Explicit options override it")
     ap.add_argument("--steps", type=int, help="sampling steps (default 50)")
     ap.add_argument("--upscale", type=int, help="output size / input size (default 1)")
     ap.add_argument("--min-size", type=int, help="short side raised to at least this (default 1024)")
@@ -267,7 +271,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--prompt", help="positive prompt appended to each image's caption")
     ap.add_argument("--negative-prompt", help="negative-quality prompt")
     ap.add_argument("--cfg-scale", type=float, help="CFG scale at sigma 0 (default 4.0)")
-    ap.add_argument("--tau-r", type=float, help="restoration guidance exponent, 0 = off (default 4.0)")
+    ap.add_argument("--tau-r", type=float, help="restoration guidance exponent, 0 = off (default: the preset's, "
+                                                 "paper 4.0, released 0)")
     ap.add_argument("--control-scale", type=float, help="control scale (default 1.0)")
     ap.add_argument("--color-fix", choices=["wavelet", "adain", "none"], help="colour fix (default wavelet)")
     ap.add_argument("--device", help="auto, cpu, cuda, cuda:N")
@@ -283,7 +288,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-FLAG_KEYS = {"prior": "prior", "steps": "sampler.num_steps", "upscale": "upscale", "min_size": "min_size",
+FLAG_KEYS = {"prior": "prior", "sampler_preset": "sampler.preset", "steps": "sampler.num_steps", "upscale": "upscale", "min_size": "min_size",
              "seed": "sampler.seed", "prompt": "sampler.positive_prompt",
              "negative_prompt": "sampler.negative_prompt", "cfg_scale": "sampler.cfg_scale",
              "tau_r": "sampler.tau_r", "control_scale": "sampler.control_scale", "color_fix": "color_fix",

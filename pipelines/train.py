@@ -36,7 +36,7 @@ import yaml
 
 from catalog.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from catalog.lake import Lake
-from catalog.tracking import RunRef, Tracker, TrackingConfig
+from catalog.tracking import RunRef, Tracker, TrackingConfig, register_model
 from model.config import ModelConfig
 from stages.train import STAGES, TrainConfig, TrainSection, train_loop
 
@@ -285,24 +285,6 @@ def apply_ema(model_dir: Path, ema_file: Path) -> None:
         weights.update({k.split(".", 1)[1]: v.to(weights[k.split(".", 1)[1]].dtype) for k, v in ema.items()
                         if k.startswith(part + ".")})
         save_file(weights, str(path), metadata={"format": "pt"})
-
-
-def register_model(run: RunRef, name: str, aliases: Sequence[str], artifact_path: str = "model") -> str:
-    """A new version of registered model ``name`` from the run's ``artifact_path``, with ``aliases``."""
-    from mlflow.exceptions import MlflowException
-
-    client = run.client()
-    try:
-        client.create_registered_model(name, description="SUPIR trainable parts (E_dr, adaptor, connectors); "
-                                                          "load with model/checkpoint.py load_model")
-    except MlflowException as e:
-        if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code) and "already exists" not in str(e):
-            raise
-    source = f"{client.get_run(run.run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
-    version = client.create_model_version(name, source=source, run_id=run.run_id)
-    for alias in aliases:
-        client.set_registered_model_alias(name, alias, version.version)
-    return str(version.version)
 
 
 # ---------------------------------------------------------------------------------------------

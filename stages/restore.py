@@ -36,7 +36,8 @@ from catalog.batches import numpy_batch
 from catalog.config import check, digest, to_dict
 from model.colorfix import COLOR_FIXES, color_fix
 from model.devices import TORCH_DTYPES, resolve_device, resolve_dtype
-from model.sampler import Conditioning, GuidedDenoiser, SamplerConfig, sample, sampling_sigmas, seeded_generator
+from model.sampler import (Conditioning, GuidedDenoiser, SamplerConfig, join_prompt, sample, sampling_sigmas,
+                           seeded_generator)
 from model.tiling import TiledDenoiser, TilingConfig, tiled_apply
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,11 @@ class RestoreConfig:
     max_pixels: int = 16_000_000
     """Largest input width*height, read from the header before decoding; larger rows get status
     too_large (a 48 KB PNG can claim 100 megapixels, and sampling cost grows with the area)."""
+
+    clamp_stage1: Optional[bool] = None
+    """Clamp x_stage1 = D(z_LQ) to [-1, 1] before it serves as the colour reference and as the
+    input of z_center = E(x_stage1). null: the sampler preset's (paper true; released false: the
+    released script uses the decode as it comes)."""
 
     min_size: int = 1024
     """The short side is raised to at least this many pixels before sampling (SUPIR: 1024)."""
@@ -119,11 +125,21 @@ class RestoreConfig:
         check(self.max_pixels >= 1, "restore.max_pixels", self.max_pixels, "an integer >= 1")
         check(self.actors >= 1, "restore.actors", self.actors, "an integer >= 1")
         check(self.num_gpus_per_actor >= 0, "restore.num_gpus_per_actor", self.num_gpus_per_actor, "a number >= 0")
+        released = self.sampler.preset == "released"  # the restore-side settings of the sampler preset
+        if self.clamp_stage1 is None:
+            self.clamp_stage1 = not released
+        if self.tiling.tiled_sampling is None:
+            self.tiling.tiled_sampling = not released
+        if self.tiling.tiled_vae is None:
+            self.tiling.tiled_vae = not released
+        if self.tiling.vae_groupnorm is None:
+            self.tiling.vae_groupnorm = "shared" if released else "per_tile"
 
     def params(self) -> dict[str, Any]:
         """What goes into the ``params`` column: everything that changes a restoration."""
         return {"model": self.model, "prior": self.prior, "sampler": to_dict(self.sampler),
-                "tiling": to_dict(self.tiling), "color_fix": self.color_fix, "min_size": self.min_size,
+                "tiling": to_dict(self.tiling), "color_fix": self.color_fix, "clamp_stage1": self.clamp_stage1,
+                "min_size": self.min_size,
                 "upscale": self.upscale, "use_captions": self.use_captions}
 
     def resolved_run_id(self) -> str:
@@ -222,9 +238,15 @@ class Restorer:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
-        if model is None:
-            model = load_model(resolve_model_path(cfg.model), prior_source=cfg.prior, device=self.device)
+        if model is None:  # in a 16-bit inference dtype every weight is loaded once, in that dtype
+            model = load_model(resolve_model_path(cfg.model), prior_source=cfg.prior, device=self.device,
+                               dtype=self.dtype, prior_dtype=None if self.dtype == torch.float32 else self.dtype)
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        if self.dtype == torch.float16 and getattr(self.model.vae.config, "force_upcast", False):
+            # SDXL's VAE overflows in float16 (its config says force_upcast): encode and decode in
+            # float32, as diffusers' pipelines do; E_dr is a copy of the same encoder
+            self.model.vae.to(torch.float32)
+            self.model.encoder.to(torch.float32)
         self.sigmas = sampling_sigmas(cfg.sampler.num_steps)
         self.run_id = cfg.resolved_run_id()
         self.params = json.dumps(cfg.params(), sort_keys=True)
@@ -232,18 +254,24 @@ class Restorer:
         self.timings = timings
 
     # -- one image -----------------------------------------------------------------------------
-    def _vae(self, fn, x: torch.Tensor, encoder: bool) -> torch.Tensor:
+    def _vae(self, fn, x: torch.Tensor, encoder: bool, module: torch.nn.Module) -> torch.Tensor:
+        """``fn`` (an encoder or the decoder) on ``x``, in tiles when tiling is on; with shared
+        GroupNorm statistics, ``module``'s GroupNorms normalise with the whole image's."""
         t = self.cfg.tiling
         if not t.tiled_vae:
             return fn(x)
+        shared = module if t.vae_groupnorm == "shared" else None
         if encoder:
-            return tiled_apply(fn, x, t.encoder_tile_size, t.encoder_tile_overlap, 1 / self.model.vae_scale_factor)
-        return tiled_apply(fn, x, t.decoder_tile_size, t.decoder_tile_overlap, self.model.vae_scale_factor)
+            return tiled_apply(fn, x, t.encoder_tile_size, t.encoder_tile_overlap, 1 / self.model.vae_scale_factor,
+                               shared)
+        return tiled_apply(fn, x, t.decoder_tile_size, t.decoder_tile_overlap, self.model.vae_scale_factor, shared)
 
     def _conditioning(self, caption: Optional[str], height: int, width: int) -> tuple[Conditioning, Conditioning]:
         s = self.cfg.sampler
-        positive = f"{caption.strip()}, {s.positive_prompt}" if caption and caption.strip() else s.positive_prompt
+        positive = join_prompt(caption, s.positive_prompt, s.prompt_separator)
         hidden, pooled = self.model.encode_prompt([positive, s.negative_prompt])  # (2, 77, D), (2, P)
+        if s.size_conditioning:  # the released script: original = target = 1024 x 1024, crop (0, 0)
+            height = width = s.size_conditioning
         added = self.model.added_cond_kwargs(pooled, height, width)
         pos = Conditioning(hidden[:1], {k: v[:1] for k, v in added.items()})
         neg = Conditioning(hidden[1:], {k: v[1:] for k, v in added.items()})
@@ -257,9 +285,10 @@ class Restorer:
         (tw, th), (sw, sh) = working_size(img.width, img.height, scale or cfg.upscale, cfg.min_size)
         x_lq = to_tensor(img.resize((sw, sh), Image.Resampling.BICUBIC)).to(self.device, self.dtype)  # (1, 3, H, W)
 
-        z_lq = self._vae(model.encode_lq, x_lq, encoder=True).to(self.dtype)  # (1, 4, H/8, W/8)
-        x_stage1 = self._vae(model.decode, z_lq, encoder=False).clamp(-1, 1).to(self.dtype)  # (1, 3, H, W)
-        z_center = self._vae(model.encode, x_stage1, encoder=True).float()
+        z_lq = self._vae(model.encode_lq, x_lq, True, model.encoder).to(self.dtype)  # (1, 4, H/8, W/8)
+        x_stage1 = self._vae(model.decode, z_lq, False, model.vae.decoder)  # (1, 3, H, W)
+        x_stage1 = (x_stage1.clamp(-1, 1) if cfg.clamp_stage1 else x_stage1).to(self.dtype)
+        z_center = self._vae(model.encode, x_stage1, True, model.vae.encoder).float()
 
         pos, neg = self._conditioning(caption if cfg.use_captions else None, sh, sw)
         denoiser = GuidedDenoiser(model, cfg.sampler, pos, neg, dtype=self.dtype)
@@ -275,7 +304,7 @@ class Restorer:
             torch.cuda.synchronize()
         sampling_s = time.perf_counter() - t0
 
-        out = self._vae(model.decode, z.to(self.dtype), encoder=False).float()  # (1, 3, H, W)
+        out = self._vae(model.decode, z.to(self.dtype), False, model.vae.decoder).float()  # (1, 3, H, W)
         out = color_fix(out, x_stage1.float(), cfg.color_fix)
         result = to_image(out)
         if result.size != (tw, th):
