@@ -22,10 +22,10 @@ from PIL import Image, ImageOps
 
 from catalog.batches import numpy_batch
 from catalog.schemas import pair_id_of
-from stages import degrade_ops as ops
-from stages.degrade_apply import degrade_batch, degrade_pairs, degrade_target
-from stages.degrade_config import DegradeConfig
-from stages.degrade_draw import draw_params, summarize_params
+from degradations import ops
+from degradations.apply import degrade_batch, degrade_pairs, degrade_target
+from degradations.config import DegradeConfig
+from degradations.draw import draw_params, summarize_params
 
 __all__ = [
     "DegradeConfig",

@@ -9,7 +9,7 @@ from PIL import Image
 
 from catalog.schemas import PAIRS, image_id_of, pair_id_of
 from evaluation.grids import make_grid
-from stages import degrade_ops as ops
+from degradations import ops
 from stages.degrade import Degrader, DegradeConfig, degrade_batch, degrade_pairs, draw_params, preview_grid, regenerate
 
 

@@ -9,8 +9,8 @@ from scipy.stats import chisquare
 
 from catalog.config import ConfigError
 from catalog.schemas import pair_id_of
-from stages.degrade_config import DegradeConfig
-from stages.degrade_draw import draw_params, summarize_params
+from degradations.config import DegradeConfig
+from degradations.draw import draw_params, summarize_params
 
 N = 2000
 P_MIN = 1e-3

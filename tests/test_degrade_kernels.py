@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import multivariate_normal
 
-from stages import degrade_kernels as K
-from stages import degrade_ops as ops
+from degradations import kernels as K
+from degradations import ops
 
 PARAMS = [
     {"type": "iso", "size": 21, "sigma_x": 2.5},

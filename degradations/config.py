@@ -11,7 +11,7 @@ from typing import Literal
 
 from catalog.config import check, check_prob, check_range
 
-from stages.degrade_kernels import GAUSSIAN_TYPES
+from degradations.kernels import GAUSSIAN_TYPES
 
 RESIZE_MODES = ("area", "bilinear", "bicubic")
 _SIX = list(GAUSSIAN_TYPES)

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from stages import degrade_ops as ops
+from degradations import ops
 
 
 def _noise(x: torch.Tensor, p: dict[str, Any]) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 from scipy.linalg import orth
 
-from stages.degrade_config import DegradeConfig
+from degradations.config import DegradeConfig
 
 PARAMS_VERSION = 1
 UPDOWN = ("up", "down", "keep")
