@@ -72,7 +72,7 @@ def psnr_bicubic(lq: torch.Tensor, gt: torch.Tensor) -> list[float]:
 def run_ours(crops: np.ndarray, batch: int) -> dict:
     sys.path.insert(0, str(ROOT))
     from catalog.schemas import pair_id_of
-    from stages.degrade import DegradeConfig, degrade_batch, draw_params
+    from degradations import DegradeConfig, degrade_batch, draw_params
 
     cfg = DegradeConfig(gt_size=crops.shape[1])
     warm = torch.from_numpy(crops[:2]).permute(0, 3, 1, 2).contiguous().float() / 255

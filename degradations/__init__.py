@@ -4,13 +4,13 @@ Used by the degrade stage (offline `pairs/degraded`), the negatives stage (LQ of
 samples), training (on-the-fly degradation) and bench/degrade.py; it imports no stage and no Ray.
 
     config   DegradeConfig, every parameter of a degradation (Real-ESRGAN x4plus defaults)
-    draw     per-sample parameter draws from a generator seeded by (seed, pair_id), as JSON-able dicts
-    apply    the drawn parameters applied to HQ crops (deterministic; CPU or GPU)
+    recipes  the recipe table (realesrgan, bsrgan) and the entry points below
+    draw     each recipe's per-sample draws from a generator seeded by (seed, pair_id), as JSON-able dicts
+    apply    each recipe's drawn parameters applied to HQ crops (deterministic; CPU or GPU)
     ops      torch building blocks: FFT filtering, resize, noise, JPEG, unsharp masking
     kernels  the blur kernels (Gaussian family, sinc) as numpy functions of their parameters
 """
-from degradations.apply import degrade_batch, degrade_pairs, degrade_target
 from degradations.config import DegradeConfig
-from degradations.draw import draw_params, summarize_params
+from degradations.recipes import RECIPES, degrade_batch, degrade_pairs, degrade_target, draw_params, summarize_params
 
-__all__ = ["DegradeConfig", "degrade_batch", "degrade_pairs", "degrade_target", "draw_params", "summarize_params"]
+__all__ = ["RECIPES", "DegradeConfig", "degrade_batch", "degrade_pairs", "degrade_target", "draw_params", "summarize_params"]

@@ -47,16 +47,13 @@ from PIL import Image
 
 from catalog.config import ConfigError, check
 from catalog.schemas import pair_id_of
+from degradations import DegradeConfig, degrade_target, draw_params, ops
 from model.config import DTYPES as MODEL_DTYPES
 from model.devices import resolve_device, resolve_dtype
 from model.prior import SDXLPrior, latent_shape, load_prior
 from model.sampler import GuidedDenoiser, SamplerConfig, sample, sampling_sigmas, seeded_generator
-from degradations import ops
 from catalog.batches import numpy_batch
 from stages.degrade import PAIR_COLUMNS, PAIR_DTYPES, decode_rgb, encode_png
-from degradations.apply import degrade_target
-from degradations.config import DegradeConfig
-from degradations.draw import draw_params
 from stages.prior_train import NEGATIVE_QUALITY_PROMPT, PriorModel, psnr
 
 log = logging.getLogger(__name__)

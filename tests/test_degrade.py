@@ -87,7 +87,7 @@ def test_stage_rows_and_reproducibility(batch):
 
 
 def test_regenerate_bsrgan_supir_mode(batch):
-    cfg = DegradeConfig(pipeline="bsrgan", gt_size=128, lq_resize_to_gt=True, seed=7)
+    cfg = DegradeConfig(recipe="bsrgan", gt_size=128, lq_resize_to_gt=True, seed=7)
     out = Degrader(cfg)(batch)
     assert set(out["status"]) == {"ok"}
     assert Image.open(io.BytesIO(out["lq"][0])).size == (128, 128)
