@@ -4,7 +4,9 @@ The entry points are in degradations.recipes (:func:`degrade_batch`). Each sampl
 tensor: after the first random resize every sample has its own size, and per-sample shapes make
 the result independent of the batch it came in (regenerating one pair gives the same bytes).
 Speed comes from the filters instead: every blur (the 51x51 USM window, kernels up to 21x21,
-sinc) is one FFT product per sample, noise is drawn with numpy, and JPEG runs in libjpeg.
+sinc) is one FFT product per sample, noise is drawn with numpy. JPEG is Real-ESRGAN's own block
+codec in torch (degradations/jpeg.py) for the realesrgan recipe (params version >= 2; version 1
+pairs used libjpeg and replay with it), libjpeg for BSRGAN (whose code calls OpenCV's encoder).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 
 import torch
 
+from degradations import jpeg as realesrgan_jpeg
 from degradations import ops
 
 
@@ -25,12 +28,13 @@ def apply_realesrgan(gt: torch.Tensor, p: dict[str, Any]) -> torch.Tensor:
     """Real-ESRGAN's second-order degradation of one (1, 3, H, W) crop (realesrgan_model.feed_data)."""
     h, w = gt.shape[-2:]
     scale = p["scale"]
+    jpeg = realesrgan_jpeg.jpeg if p.get("version", 1) >= 2 else ops.jpeg
     # first order: blur -> resize -> noise -> JPEG
     out = ops.blur(gt, p["kernel1"])
     r = p["resize1"]
     out = ops.resize(out, r["mode"], scale_factor=r["factor"])
     out = _noise(out, p["noise1"])
-    out = ops.jpeg(out, p["jpeg1"])
+    out = jpeg(out, p["jpeg1"])
     # second order, at sizes relative to the LQ size
     if p["second_order"]:
         if p["kernel2"] is not None:
@@ -44,9 +48,9 @@ def apply_realesrgan(gt: torch.Tensor, p: dict[str, Any]) -> torch.Tensor:
         out = ops.resize(out, f["mode"], size=(h // scale, w // scale))
         if f["sinc"] is not None:
             out = ops.blur(out, f["sinc"])
-        out = ops.jpeg(out, f["jpeg"])
+        out = jpeg(out, f["jpeg"])
     else:
-        out = ops.jpeg(out, f["jpeg"])
+        out = jpeg(out, f["jpeg"])
         out = ops.resize(out, f["mode"], size=(h // scale, w // scale))
         if f["sinc"] is not None:
             out = ops.blur(out, f["sinc"])

@@ -17,7 +17,9 @@ from scipy.linalg import orth
 if TYPE_CHECKING:  # config imports the recipe table, which imports this module
     from degradations.config import DegradeConfig, OrderConfig
 
-PARAMS_VERSION = 1
+# 2: realesrgan pairs use Real-ESRGAN's JPEG codec (degradations/jpeg.py), the recipe is stored as
+# "recipe" (1: libjpeg, "pipeline")
+PARAMS_VERSION = 2
 UPDOWN = ("up", "down", "keep")
 
 

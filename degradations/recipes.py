@@ -61,7 +61,7 @@ def draw_params(cfg: DegradeConfig, pair_id: str, image_size: tuple[int, int] | 
     rng = sample_rng(cfg.seed, pair_id)
     p: dict[str, Any] = {
         "version": PARAMS_VERSION,
-        "pipeline": cfg.recipe,
+        "recipe": cfg.recipe,
         "seed": cfg.seed,
         "pair_id": pair_id,
         "gt_size": cfg.gt_size,
