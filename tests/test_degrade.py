@@ -160,3 +160,14 @@ def test_make_grid_layout():
 def test_preview_grid(batch):
     out = Degrader(DegradeConfig(gt_size=64))(batch)
     assert preview_grid(out, n=2, cell=32).size[1] > 2 * 32
+
+
+def test_params_name_their_recipe_for_the_metrics_table():
+    """evaluate labels each pair by the recipe in its params: version 2 stores "recipe", version 1 "pipeline"."""
+    from evaluation.baselines import degradation_label
+
+    for recipe in ("realesrgan", "bsrgan"):
+        p = draw_params(DegradeConfig(recipe=recipe, gt_size=64), pair_id_of("r", "degraded"))
+        assert degradation_label(json.dumps(p), 4) == f"{recipe} x4"
+        old = {k: v for k, v in p.items() if k != "recipe"} | {"pipeline": recipe, "version": 1}
+        assert degradation_label(json.dumps(old), 4) == f"{recipe} x4"
