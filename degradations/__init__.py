@@ -7,7 +7,8 @@ samples), training (on-the-fly degradation) and bench/degrade.py; it imports no 
     recipes  the recipe table (realesrgan, bsrgan) and the entry points below
     draw     each recipe's per-sample draws from a generator seeded by (seed, pair_id), as JSON-able dicts
     apply    each recipe's drawn parameters applied to HQ crops (deterministic; CPU or GPU)
-    ops      torch building blocks: FFT filtering, resize, noise, JPEG, unsharp masking
+    ops      torch building blocks: FFT filtering, resize, noise, libjpeg round trip, unsharp masking
+    jpeg     Real-ESRGAN's JPEG codec (BasicSR's DiffJPEG semantics) in torch
     kernels  the blur kernels (Gaussian family, sinc) as numpy functions of their parameters
 """
 from degradations.config import DegradeConfig
