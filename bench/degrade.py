@@ -13,10 +13,13 @@ torchvision.transforms.functional_tensor (removed from torchvision) and empty pa
 for basicsr / basicsr.data / basicsr.utils (their __init__ files import every dataset and model).
 filter2D gets contiguous inputs (its .view fails on DiffJPEG's non-contiguous output in torch 2.x).
 
-Both sides see the same uint8 GT crops (random 512x512 crops of ../shared/data/photos), batch 8,
-CPU, the same torch thread count; time covers kernel/parameter generation and the degradation
-(USM sharpening included), not decoding or PNG encoding. Prints JSON: images/s of each, their
-ratio, and the mean PSNR of the bicubic-upscaled LQ against the (unsharpened) GT for each.
+Both sides see the same uint8 GT crops (random --gt-size crops of --photos, default the 27
+photos in ../shared/data/photos; data/samples for the 8 samples), batch 8, CPU, the same torch
+thread count; time covers kernel/parameter generation and the degradation (USM sharpening
+included), not decoding or PNG encoding. Prints JSON: images/s of each, their ratio, and the
+mean PSNR of the bicubic-upscaled LQ against the (unsharpened) GT for each, with its standard
+error: the two sides draw their degradations independently, so their means differ by chance too
+(about 0.33 dB, one standard error, at --n 256 --gt-size 256).
 
 Set up the BasicSR venv once (about 2 minutes from the local wheel cache):
 
@@ -24,6 +27,12 @@ Set up the BasicSR venv once (about 2 minutes from the local wheel cache):
     .venv-bench/bin/pip install torch==2.14.1 torchvision==0.29.1
     .venv-bench/bin/pip install --no-deps basicsr==1.4.2
     .venv-bench/bin/pip install numpy scipy opencv-python-headless
+
+or, sharing the project venv's torch (what the numbers in the README used):
+
+    python3 -m venv .venv-bench
+    echo $PWD/.venv/lib/python3.11/site-packages > .venv-bench/lib/python3.11/site-packages/project.pth
+    .venv-bench/bin/pip install --no-deps basicsr==1.4.2
 """
 from __future__ import annotations
 
