@@ -13,10 +13,13 @@ torchvision.transforms.functional_tensor (removed from torchvision) and empty pa
 for basicsr / basicsr.data / basicsr.utils (their __init__ files import every dataset and model).
 filter2D gets contiguous inputs (its .view fails on DiffJPEG's non-contiguous output in torch 2.x).
 
-Both sides see the same uint8 GT crops (random 512x512 crops of ../shared/data/photos), batch 8,
-CPU, the same torch thread count; time covers kernel/parameter generation and the degradation
-(USM sharpening included), not decoding or PNG encoding. Prints JSON: images/s of each, their
-ratio, and the mean PSNR of the bicubic-upscaled LQ against the (unsharpened) GT for each.
+Both sides see the same uint8 GT crops (random --gt-size crops of --photos, default the 27
+photos in ../shared/data/photos; data/samples for the 8 samples), batch 8, CPU, the same torch
+thread count; time covers kernel/parameter generation and the degradation (USM sharpening
+included), not decoding or PNG encoding. Prints JSON: images/s of each, their ratio, and the
+mean PSNR of the bicubic-upscaled LQ against the (unsharpened) GT for each, with its standard
+error: the two sides draw their degradations independently, so their means differ by chance too
+(about 0.33 dB, one standard error, at --n 256 --gt-size 256).
 
 Set up the BasicSR venv once (about 2 minutes from the local wheel cache):
 
@@ -24,6 +27,12 @@ Set up the BasicSR venv once (about 2 minutes from the local wheel cache):
     .venv-bench/bin/pip install torch==2.14.1 torchvision==0.29.1
     .venv-bench/bin/pip install --no-deps basicsr==1.4.2
     .venv-bench/bin/pip install numpy scipy opencv-python-headless
+
+or, sharing the project venv's torch (what the numbers in the README used):
+
+    python3 -m venv .venv-bench
+    echo $PWD/.venv/lib/python3.11/site-packages > .venv-bench/lib/python3.11/site-packages/project.pth
+    .venv-bench/bin/pip install --no-deps basicsr==1.4.2
 """
 from __future__ import annotations
 
@@ -45,11 +54,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT.parent / "shared" / "data" / "photos"
 
 
-def make_crops(n: int, size: int, seed: int = 0) -> np.ndarray:
-    """n random size x size crops cycling over the photos, (n, size, size, 3) uint8."""
+def make_crops(n: int, size: int, seed: int = 0, photos: Path = PHOTOS) -> np.ndarray:
+    """n random size x size crops cycling over the JPEGs in ``photos``, (n, size, size, 3) uint8."""
     from PIL import Image
 
-    paths = sorted(PHOTOS.glob("*.jpg")) or sorted((ROOT / "data" / "samples").glob("*.jpg"))
+    paths = sorted(Path(photos).glob("*.jpg"))
+    if not paths:  # no silent fallback: a worktree has no ../shared, and another set gives other numbers
+        sys.exit(f"--photos {photos}: no *.jpg there (the shared photos, or data/samples for the 8 samples)")
     images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     rng = np.random.default_rng(seed)
     crops = []
@@ -69,10 +80,18 @@ def psnr_bicubic(lq: torch.Tensor, gt: torch.Tensor) -> list[float]:
     return (10 * torch.log10(1 / mse)).tolist()
 
 
+def psnr_stats(psnrs: list[float], batch: int) -> dict:
+    """Mean PSNR and its standard error. BasicSR draws resize, noise type and final order once per
+    batch, so images of a batch are not independent draws: the error comes from the batch means."""
+    means = [float(np.mean(psnrs[b : b + batch])) for b in range(0, len(psnrs), batch)]
+    se = float(np.std(means, ddof=1) / math.sqrt(len(means))) if len(means) > 1 else float("nan")
+    return {"psnr_lq_bicubic": float(np.mean(psnrs)), "psnr_se": se}
+
+
 def run_ours(crops: np.ndarray, batch: int) -> dict:
     sys.path.insert(0, str(ROOT))
     from catalog.schemas import pair_id_of
-    from stages.degrade import DegradeConfig, degrade_batch, draw_params
+    from degradations import DegradeConfig, degrade_batch, draw_params
 
     cfg = DegradeConfig(gt_size=crops.shape[1])
     warm = torch.from_numpy(crops[:2]).permute(0, 3, 1, 2).contiguous().float() / 255
@@ -85,7 +104,7 @@ def run_ours(crops: np.ndarray, batch: int) -> dict:
         lq = degrade_batch(gt, params)
         seconds += time.perf_counter() - t
         psnrs += psnr_bicubic(lq, gt)
-    return {"images_per_s": len(crops) / seconds, "seconds": seconds, "psnr_lq_bicubic": float(np.mean(psnrs))}
+    return {"images_per_s": len(crops) / seconds, "seconds": seconds, **psnr_stats(psnrs, batch)}
 
 
 # ---------------------------------------------------------------- BasicSR worker (other venv)
@@ -173,7 +192,7 @@ def run_basicsr(crops: np.ndarray, batch: int) -> dict:
             lq = _feed_data(deg, opt, usm(gt), k1, k2, sinc, jpeger, filter2D)
             seconds += time.perf_counter() - t
             psnrs += psnr_bicubic(lq, gt)
-    return {"images_per_s": len(crops) / seconds, "seconds": seconds, "psnr_lq_bicubic": float(np.mean(psnrs))}
+    return {"images_per_s": len(crops) / seconds, "seconds": seconds, **psnr_stats(psnrs, batch)}
 
 
 def _feed_data(deg, opt, gt_usm, kernel1, kernel2, sinc_kernel, jpeger, filter2D):
@@ -222,6 +241,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=256, help="number of GT crops (PSNR over all, time over all after an untimed warm-up batch)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--gt-size", type=int, default=512)
+    ap.add_argument("--photos", default=str(PHOTOS), help="folder of JPEGs to crop (default: the 27 shared photos)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of both sides (1: as in a Ray worker, robust on a shared CPU)")
     ap.add_argument("--bench-python", default=str(ROOT / ".venv-bench" / "bin" / "python"))
     ap.add_argument("--worker", choices=["basicsr"], help=argparse.SUPPRESS)
@@ -231,7 +251,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(run_basicsr(np.load(args.crops), args.batch)))
         return
-    crops = make_crops(args.n, args.gt_size)
+    crops = make_crops(args.n, args.gt_size, photos=Path(args.photos))
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "crops.npy")
         np.save(path, crops)
@@ -244,10 +264,13 @@ def main() -> None:
         basicsr = json.loads(done.stdout.strip().splitlines()[-1])
     print(json.dumps({
         "device": "cpu", "threads": args.threads, "crops": args.n, "gt_size": args.gt_size, "batch": args.batch,
+        "photos": args.photos, "n_photos": len(list(Path(args.photos).glob("*.jpg"))),
         "load_avg_1min": os.getloadavg()[0],
         "ours": ours, "basicsr": basicsr,
         "speedup": ours["images_per_s"] / basicsr["images_per_s"],
         "psnr_diff_db": ours["psnr_lq_bicubic"] - basicsr["psnr_lq_bicubic"],
+        # standard error of the difference: the two sides draw their degradations independently
+        "psnr_diff_se_db": math.hypot(ours["psnr_se"], basicsr["psnr_se"]),
     }, indent=2))
 
 

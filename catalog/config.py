@@ -220,7 +220,7 @@ def safe_load(text: Any) -> Any:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"degrade.jpeg_range=[30, 95]"`` -> (["degrade", "jpeg_range"], [30, 95]); the value is YAML."""
+    """``"degrade.first.jpeg_range=[30, 95]"`` -> (["degrade", "first", "jpeg_range"], [30, 95]); the value is YAML."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not allowed: expected key.path=value")
     key, raw = text.split("=", 1)

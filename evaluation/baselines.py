@@ -152,11 +152,12 @@ class Baseliner:
 
 
 def degradation_label(params: Optional[str], scale: Optional[int]) -> str:
-    """The `degradation` column: the degrade pipeline and scale of a pair, e.g. "realesrgan x4"."""
+    """The `degradation` column: the degradation recipe and scale of a pair, e.g. "realesrgan x4"."""
     name = "unknown"
     if params:
         try:
-            name = json.loads(params).get("pipeline", "unknown")
+            p = json.loads(params)
+            name = p.get("recipe", p.get("pipeline", "unknown"))  # params version 1 called it "pipeline"
         except (ValueError, AttributeError):
             pass
     return f"{name} x{scale}" if scale else name

@@ -17,12 +17,12 @@ import yaml
 
 from catalog.config import ConfigError, apply_overrides, check, from_dict, load_yaml, to_dict
 from catalog.tracking import TrackingConfig
+from degradations import DegradeConfig
 from evaluation.baselines import BaselineConfig
 from evaluation.metrics import EvalConfig
 from model.config import ModelConfig
 from stages.caption import CaptionConfig
 from stages.crawl import CrawlConfig
-from stages.degrade import DegradeConfig
 from stages.filter import FilterConfig
 from stages.negatives import NegativesConfig
 from stages.prior_train import PriorTrainConfig

@@ -305,7 +305,7 @@ class TrainRunConfig:
 
 def load_train_config(path: Optional[str], overrides: Sequence[str] = ()) -> TrainRunConfig:
     from pipelines.config import RayConfig
-    from stages.degrade import DegradeConfig
+    from degradations import DegradeConfig
 
     data = apply_overrides(load_yaml(path) if path else {}, overrides)
     return TrainRunConfig(

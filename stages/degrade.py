@@ -2,8 +2,9 @@
 
 Real-ESRGAN's second-order degradation (or BSRGAN's shuffled one) of a random gt_size crop per
 pair. Each pair draws every parameter from its own generator seeded by (seed, pair_id) and stores
-them as JSON, so :func:`regenerate` rebuilds its LQ bytes from the row alone. The same torch code
-degrades batches on the fly in training (:func:`degrade_batch`, :func:`degrade_pairs`).
+them as JSON, so :func:`regenerate` rebuilds its LQ bytes from the row alone. The degradations
+themselves are the library degradations/ (the same code degrades batches on the fly in training);
+this stage decodes, crops and writes the rows.
 
     degrader = Degrader(DegradeConfig(gt_size=256))
     pairs = degrader({"image_id": ids, "bytes": data})   # Ray Data numpy batch in and out
@@ -23,10 +24,8 @@ from PIL import Image
 from catalog import codec
 from catalog.batches import numpy_batch
 from catalog.schemas import pair_id_of
-from stages import degrade_ops as ops
-from stages.degrade_apply import degrade_batch, degrade_pairs, degrade_target
-from stages.degrade_config import DegradeConfig
-from stages.degrade_draw import draw_params, summarize_params
+from degradations import (DegradeConfig, degrade_batch, degrade_pairs, degrade_target, draw_params, ops,
+                          summarize_params)
 
 __all__ = [
     "DegradeConfig",

@@ -47,16 +47,13 @@ from PIL import Image
 
 from catalog.config import ConfigError, check
 from catalog.schemas import pair_id_of
+from degradations import DegradeConfig, degrade_target, draw_params, ops
 from model.config import DTYPES as MODEL_DTYPES
 from model.devices import resolve_device, resolve_dtype
 from model.prior import SDXLPrior, latent_shape, load_prior
 from model.sampler import GuidedDenoiser, SamplerConfig, sample, sampling_sigmas, seeded_generator
-from stages import degrade_ops as ops
 from catalog.batches import numpy_batch
 from stages.degrade import PAIR_COLUMNS, PAIR_DTYPES, decode_rgb, encode_png
-from stages.degrade_apply import degrade_target
-from stages.degrade_config import DegradeConfig
-from stages.degrade_draw import draw_params
 from stages.prior_train import NEGATIVE_QUALITY_PROMPT, PriorModel, psnr
 
 log = logging.getLogger(__name__)

@@ -187,7 +187,7 @@ def setup_model(cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device, 
 
 def setup_data(cfg: TrainConfig, session: Session, degrade: Optional[Any] = None) -> TrainExamples:
     """This worker's rows as a deterministic batch source (see stages/train_data.py)."""
-    from stages.degrade import DegradeConfig
+    from degradations import DegradeConfig
 
     if cfg.on_the_fly_degradation and degrade is None:
         degrade = DegradeConfig()

@@ -89,7 +89,7 @@ class TrainExamples:
 
     ``fixed_batch`` always returns the batch of step 0 (same rows, crops, degradations): the
     "overfit one batch" sanity check. ``degrade`` (a DegradeConfig) re-synthesises the LQ of
-    each HQ crop on the fly with the degrade stage's code, with parameters drawn per (pair, step).
+    each HQ crop on the fly with the degradation library (degradations/), with parameters drawn per (pair, step).
     """
 
     def __init__(self, rows: Sequence[Mapping[str, Any]], batch_size: int, crop_size: int, seed: int = 0,
@@ -167,7 +167,7 @@ class TrainExamples:
     def _degrade(self, hq: torch.Tensor, pair_ids: list[str], step: int) -> tuple[torch.Tensor, torch.Tensor]:
         from dataclasses import replace
 
-        from stages.degrade import degrade_pairs, draw_params
+        from degradations import degrade_pairs, draw_params
 
         cfg = replace(self.degrade, gt_size=self.crop_size, lq_resize_to_gt=True)
         params = [draw_params(cfg, f"{pid}:{self.rank}:{step}") for pid in pair_ids]

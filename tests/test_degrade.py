@@ -9,7 +9,8 @@ from PIL import Image
 
 from catalog.schemas import PAIRS, image_id_of, pair_id_of
 from evaluation.grids import make_grid
-from stages import degrade_ops as ops
+from degradations import jpeg as jpeg_codec
+from degradations import ops
 from stages.degrade import Degrader, DegradeConfig, degrade_batch, degrade_pairs, draw_params, preview_grid, regenerate
 
 
@@ -43,25 +44,40 @@ def test_ijg_tables_are_the_oracle():
 
 
 def test_jpeg_steps_use_the_drawn_quality(monkeypatch, photos):
-    """Every JPEG of the pipeline is written at its drawn quality, read back from the tables."""
-    seen = []
-    encode = ops.jpeg_encode
+    """Every JPEG of the pipeline is coded at its drawn quality: with Real-ESRGAN's codec for
+    params version 2, with libjpeg (quality read back from the tables) for version 1 and BSRGAN."""
+    seen, coded = [], []
+    encode, realesrgan_codec = ops.jpeg_encode, jpeg_codec.jpeg
 
     def spy(x, quality):
         data = encode(x, quality)
         seen.append((quality, _quality_of(data)))
         return data
 
+    def spy_codec(x, quality):
+        coded.append(quality)
+        return realesrgan_codec(x, quality)
+
     monkeypatch.setattr(ops, "jpeg_encode", spy)
+    monkeypatch.setattr(jpeg_codec, "jpeg", spy_codec)
     cfg = DegradeConfig(gt_size=128)
     crop = np.asarray(Image.open(photos[0]).convert("RGB"))[:128, :128]
     hq = ops.from_uint8(crop)
     for i in range(3):
         p = draw_params(cfg, pair_id_of("q", "degraded", i))
-        seen.clear()
+        assert p["version"] == 2
+        seen.clear(), coded.clear()
         degrade_batch(hq, [p])
-        assert [q for q, _ in seen] == [p["jpeg1"], p["final"]["jpeg"]]
+        assert coded == [p["jpeg1"], p["final"]["jpeg"]] and seen == []
+        coded.clear()
+        degrade_batch(hq, [p | {"version": 1}])  # pairs written before the codec: libjpeg, as then
+        assert [q for q, _ in seen] == [p["jpeg1"], p["final"]["jpeg"]] and coded == []
         assert all(drawn == read for drawn, read in seen)
+    p = draw_params(DegradeConfig(gt_size=128, recipe="bsrgan"), pair_id_of("q", "degraded"))
+    seen.clear()
+    degrade_batch(hq, [p])
+    assert [q for q, _ in seen] == [o["quality"] for o in p["ops"] if o["op"] == "jpeg"] and coded == []
+    assert all(drawn == read for drawn, read in seen)
 
 
 def test_stage_rows_and_reproducibility(batch):
@@ -87,7 +103,7 @@ def test_stage_rows_and_reproducibility(batch):
 
 
 def test_regenerate_bsrgan_supir_mode(batch):
-    cfg = DegradeConfig(pipeline="bsrgan", gt_size=128, lq_resize_to_gt=True, seed=7)
+    cfg = DegradeConfig(recipe="bsrgan", gt_size=128, lq_resize_to_gt=True, seed=7)
     out = Degrader(cfg)(batch)
     assert set(out["status"]) == {"ok"}
     assert Image.open(io.BytesIO(out["lq"][0])).size == (128, 128)
@@ -144,3 +160,14 @@ def test_make_grid_layout():
 def test_preview_grid(batch):
     out = Degrader(DegradeConfig(gt_size=64))(batch)
     assert preview_grid(out, n=2, cell=32).size[1] > 2 * 32
+
+
+def test_params_name_their_recipe_for_the_metrics_table():
+    """evaluate labels each pair by the recipe in its params: version 2 stores "recipe", version 1 "pipeline"."""
+    from evaluation.baselines import degradation_label
+
+    for recipe in ("realesrgan", "bsrgan"):
+        p = draw_params(DegradeConfig(recipe=recipe, gt_size=64), pair_id_of("r", "degraded"))
+        assert degradation_label(json.dumps(p), 4) == f"{recipe} x4"
+        old = {k: v for k, v in p.items() if k != "recipe"} | {"pipeline": recipe, "version": 1}
+        assert degradation_label(json.dumps(old), 4) == f"{recipe} x4"

@@ -9,8 +9,8 @@ from scipy.stats import chisquare
 
 from catalog.config import ConfigError
 from catalog.schemas import pair_id_of
-from stages.degrade_config import DegradeConfig
-from stages.degrade_draw import draw_params, summarize_params
+from degradations import RECIPES, DegradeConfig, draw_params, summarize_params
+from degradations.config import SecondOrderConfig
 
 N = 2000
 P_MIN = 1e-3
@@ -26,15 +26,15 @@ def _chi2(counts: Counter, expected: dict) -> float:
 
 @pytest.fixture(scope="module")
 def draws():
-    # second_order_prob < 1 so that the order frequency is tested too (Real-ESRGAN's default is 1)
-    cfg = DegradeConfig(second_order_prob=0.7, seed=3)
+    # second.prob < 1 so that the order frequency is tested too (Real-ESRGAN's default is 1)
+    cfg = DegradeConfig(second=SecondOrderConfig(prob=0.7), seed=3)
     return cfg, [draw_params(cfg, pair_id_of(f"img{i}", "degraded")) for i in range(N)]
 
 
 def test_kernel_type_frequencies(draws):
     cfg, ps = draws
-    for tag, names, probs, sinc in [("kernel1", cfg.kernel_list, cfg.kernel_prob, cfg.sinc_prob),
-                                    ("kernel2", cfg.kernel_list2, cfg.kernel_prob2, cfg.sinc_prob2)]:
+    for tag, order in [("kernel1", cfg.first), ("kernel2", cfg.second)]:
+        names, probs, sinc = order.kernel_list, order.kernel_prob, order.sinc_prob
         ks = [p[tag] for p in ps if p.get(tag) is not None]
         expected = {n: (1 - sinc) * q for n, q in zip(names, probs)} | {"sinc": sinc}
         assert _chi2(Counter(k["type"] for k in ks), expected) > P_MIN, tag
@@ -44,7 +44,7 @@ def test_kernel_type_frequencies(draws):
             if k["type"] == "sinc":
                 assert (math.pi / 3 if k["size"] < 13 else math.pi / 5) <= k["omega"] <= math.pi
             else:
-                assert cfg.blur_sigma[0] <= k["sigma_x"] <= max(cfg.blur_sigma[1], cfg.blur_sigma2[1])
+                assert order.blur_sigma[0] <= k["sigma_x"] <= order.blur_sigma[1]
 
 
 def test_resize_noise_and_order_frequencies(draws):
@@ -52,9 +52,9 @@ def test_resize_noise_and_order_frequencies(draws):
     second = [p for p in ps if p["second_order"]]
     assert _chi2(Counter(p["second_order"] for p in ps), {True: 0.7, False: 0.3}) > P_MIN
     assert _chi2(Counter(p["kernel2"] is not None for p in second),
-                 {True: cfg.second_blur_prob, False: 1 - cfg.second_blur_prob}) > P_MIN
-    for tag, rows, probs, g, gray in [("1", ps, cfg.resize_prob, cfg.gaussian_noise_prob, cfg.gray_noise_prob),
-                                      ("2", second, cfg.resize_prob2, cfg.gaussian_noise_prob2, cfg.gray_noise_prob2)]:
+                 {True: cfg.second.blur_prob, False: 1 - cfg.second.blur_prob}) > P_MIN
+    for tag, rows, order in [("1", ps, cfg.first), ("2", second, cfg.second)]:
+        probs, g, gray = order.resize_prob, order.gaussian_noise_prob, order.gray_noise_prob
         r = [p["resize" + tag] for p in rows]
         assert _chi2(Counter(x["updown"] for x in r), dict(zip(("up", "down", "keep"), probs))) > P_MIN
         assert _chi2(Counter(x["mode"] for x in r), {m: 1 / 3 for m in cfg.resize_modes}) > P_MIN
@@ -93,7 +93,7 @@ def test_same_seed_same_draws_other_pair_or_seed_differs():
 
 
 def test_bsrgan_draws_keep_downsampling_order():
-    cfg = DegradeConfig(pipeline="bsrgan")
+    cfg = DegradeConfig(recipe="bsrgan")
     counts = Counter()
     for i in range(300):
         ops = [o["op"] for o in draw_params(cfg, pair_id_of(f"b{i}", "degraded"))["ops"]]
@@ -112,25 +112,40 @@ def test_summarize_params(draws):
     assert math.isclose(sum(s[k] for k in kinds), 1.0)
     assert math.isclose(s["final.resize_first"] + s["final.jpeg_first"], 1.0)
     assert 30 <= s["jpeg1.quality_mean"] <= 95 and all(np.isfinite(v) for v in s.values())
-    b = summarize_params([draw_params(DegradeConfig(pipeline="bsrgan"), pair_id_of("y", "degraded"))])
+    b = summarize_params([draw_params(DegradeConfig(recipe="bsrgan"), pair_id_of("y", "degraded"))])
     assert b["op.blur"] == 2 and b["n"] == 1
 
 
 @pytest.mark.parametrize(
-    "kwargs, key",
-    [({"sinc_prob": 1.5}, "degrade.sinc_prob"), ({"kernel_prob": [0.5, 0.5]}, "degrade.kernel_prob"),
-     ({"kernel_range": (6, 21)}, "degrade.kernel_range"), ({"gt_size": 250}, "degrade.gt_size"),
-     ({"jpeg_range": (30, 120)}, "degrade.jpeg_range"), ({"resize_modes": ["nearest"]}, "degrade.resize_modes")],
+    "section, key",
+    [({"first": {"sinc_prob": 1.5}}, "degrade.first.sinc_prob"),
+     ({"second": {"kernel_prob": [0.5, 0.5]}}, "degrade.second.kernel_prob"),
+     ({"second": {"prob": -0.1}}, "degrade.second.prob"),
+     ({"kernel_range": [6, 21]}, "degrade.kernel_range"), ({"gt_size": 250}, "degrade.gt_size"),
+     ({"final": {"jpeg_range": [30, 120]}}, "degrade.final.jpeg_range"),
+     ({"bsrgan": {"noise_range": [9, 2]}}, "degrade.bsrgan.noise_range"),
+     ({"resize_modes": ["nearest"]}, "degrade.resize_modes"),
+     ({"recipe": "diffbir"}, "degrade.recipe"),
+     ({"sinc_prob2": 0.1}, "degrade.sinc_prob2")],  # the flat keys of the old config are refused
 )
-def test_config_errors_name_the_field(kwargs, key):
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        DegradeConfig(**kwargs)
+def test_config_errors_name_the_field(section, key):
+    from catalog.config import from_dict
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
+        from_dict(DegradeConfig, section, prefix="degrade")
+    assert "allowed" in str(err.value)
+
+
+def test_recipe_error_lists_the_table():
+    with pytest.raises(ConfigError, match="one of realesrgan, bsrgan"):
+        DegradeConfig(recipe="diffbir")
+    assert list(RECIPES) == ["realesrgan", "bsrgan"]
 
 
 def test_config_loads_from_yaml_mapping():
     from catalog.config import from_dict
 
-    cfg = from_dict(DegradeConfig, {"gt_size": 128, "jpeg_range": [40, 90], "pipeline": "bsrgan"}, prefix="degrade")
-    assert cfg.jpeg_range == (40, 90) and cfg.pipeline == "bsrgan"
-    with pytest.raises(ConfigError, match="degrade.pipeline"):
-        from_dict(DegradeConfig, {"pipeline": "diffbir"}, prefix="degrade")
+    section = {"gt_size": 128, "recipe": "bsrgan", "first": {"jpeg_range": [40, 90]}, "second": {"prob": 0.5}}
+    cfg = from_dict(DegradeConfig, section, prefix="degrade")
+    assert cfg.first.jpeg_range == (40, 90) and cfg.recipe == "bsrgan" and cfg.second.prob == 0.5
+    assert cfg.second.blur_sigma == (0.2, 1.5) and cfg.final.jpeg_range == (30, 95)  # untouched defaults

@@ -86,7 +86,7 @@ def test_shards_and_captions(rows):
 
 
 def test_on_the_fly_degradation_uses_the_degrade_stage(rows):
-    from stages.degrade import DegradeConfig
+    from degradations import DegradeConfig
 
     ex = TrainExamples(rows, 2, 64, degrade=DegradeConfig(scale=4))
     x = ex.batch(0)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from stages.degrade_kernels import gaussian_1d, kernel_from_params
+from degradations.kernels import gaussian_1d, kernel_from_params
 
 # ITU-R BT.601 luma weights, as torchvision's rgb_to_grayscale (used by BasicSR's gray noise)
 _GRAY = (0.2989, 0.587, 0.114)

@@ -1,18 +1,21 @@
 """Apply drawn degradation parameters to HQ crops: deterministic, CPU or GPU, offline or in training.
 
-The entry point is :func:`degrade_batch`. Each sample is processed on its own (1, 3, H, W)
+The entry points are in degradations.recipes (:func:`degrade_batch`). Each sample is processed on its own (1, 3, H, W)
 tensor: after the first random resize every sample has its own size, and per-sample shapes make
 the result independent of the batch it came in (regenerating one pair gives the same bytes).
 Speed comes from the filters instead: every blur (the 51x51 USM window, kernels up to 21x21,
-sinc) is one FFT product per sample, noise is drawn with numpy, and JPEG runs in libjpeg.
+sinc) is one FFT product per sample, noise is drawn with numpy. JPEG is Real-ESRGAN's own block
+codec in torch (degradations/jpeg.py) for the realesrgan recipe (params version >= 2; version 1
+pairs used libjpeg and replay with it), libjpeg for BSRGAN (whose code calls OpenCV's encoder).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from stages import degrade_ops as ops
+from degradations import jpeg as realesrgan_jpeg
+from degradations import ops
 
 
 def _noise(x: torch.Tensor, p: dict[str, Any]) -> torch.Tensor:
@@ -25,12 +28,13 @@ def apply_realesrgan(gt: torch.Tensor, p: dict[str, Any]) -> torch.Tensor:
     """Real-ESRGAN's second-order degradation of one (1, 3, H, W) crop (realesrgan_model.feed_data)."""
     h, w = gt.shape[-2:]
     scale = p["scale"]
+    jpeg = realesrgan_jpeg.jpeg if p.get("version", 1) >= 2 else ops.jpeg
     # first order: blur -> resize -> noise -> JPEG
     out = ops.blur(gt, p["kernel1"])
     r = p["resize1"]
     out = ops.resize(out, r["mode"], scale_factor=r["factor"])
     out = _noise(out, p["noise1"])
-    out = ops.jpeg(out, p["jpeg1"])
+    out = jpeg(out, p["jpeg1"])
     # second order, at sizes relative to the LQ size
     if p["second_order"]:
         if p["kernel2"] is not None:
@@ -44,9 +48,9 @@ def apply_realesrgan(gt: torch.Tensor, p: dict[str, Any]) -> torch.Tensor:
         out = ops.resize(out, f["mode"], size=(h // scale, w // scale))
         if f["sinc"] is not None:
             out = ops.blur(out, f["sinc"])
-        out = ops.jpeg(out, f["jpeg"])
+        out = jpeg(out, f["jpeg"])
     else:
-        out = ops.jpeg(out, f["jpeg"])
+        out = jpeg(out, f["jpeg"])
         out = ops.resize(out, f["mode"], size=(h // scale, w // scale))
         if f["sinc"] is not None:
             out = ops.blur(out, f["sinc"])
@@ -81,42 +85,3 @@ def sharpen_gt(hq: torch.Tensor, p: dict[str, Any]) -> torch.Tensor:
     """The HQ target: USM-sharpened (Real-ESRGAN) when the params say so, else unchanged."""
     u = p.get("usm")
     return hq if u is None else ops.usm_sharpen(hq, u["radius"], u["weight"], u["threshold"])
-
-
-def degrade_target(target: torch.Tensor, p: dict[str, Any]) -> torch.Tensor:
-    """The LQ of one HQ target (1, 3, H, W) on the 8-bit grid (already sharpened, as stored in
-    `pairs.hq`): regenerating a pair from its row needs nothing else."""
-    lq = apply_realesrgan(target, p) if p["pipeline"] == "realesrgan" else apply_bsrgan(target, p)
-    if p["lq_resize_to_gt"]:  # SUPIR mode: LQ back at the HQ size
-        lq = ops.quantise(ops.resize(lq, "bicubic", size=tuple(target.shape[-2:])))
-    return lq
-
-
-def degrade_pairs(
-    hq: torch.Tensor, params: Sequence[dict[str, Any]], device: torch.device | str | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(target, lq) for HQ crops (B, 3, H, W) in [0, 1] and one param dict per sample.
-
-    target is the USM-sharpened HQ rounded to 8 bits (what `pairs.hq` stores; the degradation
-    starts from it), (B, 3, H, W); lq is (B, 3, H/scale, W/scale), or (B, 3, H, W) with
-    lq_resize_to_gt (SUPIR mode, bicubic), on the 8-bit grid.
-    """
-    if hq.ndim != 4 or hq.shape[1] != 3:
-        raise ValueError(f"hq must be (B, 3, H, W), got {tuple(hq.shape)}")
-    if len(params) != hq.shape[0]:
-        raise ValueError(f"got {len(params)} param dicts for a batch of {hq.shape[0]}")
-    device = hq.device if device is None else torch.device(device)
-    targets, lqs = [], []
-    for i, p in enumerate(params):
-        gt = hq[i : i + 1].to(device, torch.float32)  # (1, 3, H, W)
-        target = ops.quantise(sharpen_gt(gt, p))
-        targets.append(target)
-        lqs.append(degrade_target(target, p))
-    return torch.cat(targets), torch.cat(lqs)
-
-
-def degrade_batch(hq: torch.Tensor, params: Sequence[dict[str, Any]], device: torch.device | str | None = None) -> torch.Tensor:
-    """The LQ of HQ crops (B, 3, H, W) in [0, 1]: for on-the-fly degradation in training.
-
-    Use :func:`degrade_pairs` to also get the USM-sharpened target."""
-    return degrade_pairs(hq, params, device)[1]

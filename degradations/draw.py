@@ -1,4 +1,4 @@
-"""Per-sample parameter draws of the degradations, and their summary statistics.
+"""Per-sample parameter draws of the degradations (one draw function per recipe), and their counts.
 
 A sample's generator is np.random.default_rng([seed, key]) with key the first 64 bits of its
 pair_id, so a pair can be regenerated from (seed, pair_id) alone; the drawn parameters are
@@ -9,14 +9,17 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 from scipy.linalg import orth
 
-from stages.degrade_config import DegradeConfig
+if TYPE_CHECKING:  # config imports the recipe table, which imports this module
+    from degradations.config import DegradeConfig, OrderConfig
 
-PARAMS_VERSION = 1
+# 2: realesrgan pairs use Real-ESRGAN's JPEG codec (degradations/jpeg.py), the recipe is stored as
+# "recipe" (1: libjpeg, "pipeline")
+PARAMS_VERSION = 2
 UPDOWN = ("up", "down", "keep")
 
 
@@ -37,23 +40,22 @@ def _kernel_sizes(cfg: DegradeConfig) -> list[int]:
     return list(range(cfg.kernel_range[0], cfg.kernel_range[1] + 1, 2))
 
 
-def draw_kernel(rng: np.random.Generator, cfg: DegradeConfig, second: bool = False) -> dict[str, Any]:
-    """One blur kernel as Real-ESRGAN's dataset draws it (random_mixed_kernels or sinc)."""
-    sfx = "2" if second else ""
-    size = int(rng.choice(_kernel_sizes(cfg)))
-    if rng.random() < getattr(cfg, "sinc_prob" + sfx):
+def draw_kernel(rng: np.random.Generator, order: OrderConfig, sizes: list[int]) -> dict[str, Any]:
+    """One blur kernel of an order as Real-ESRGAN's dataset draws it (random_mixed_kernels or sinc)."""
+    size = int(rng.choice(sizes))
+    if rng.random() < order.sinc_prob:
         # small kernels cannot represent low cutoffs: Real-ESRGAN limits omega to [pi/3, pi] below 13
         lo = math.pi / 3 if size < 13 else math.pi / 5
         return {"type": "sinc", "size": size, "omega": _u(rng, lo, math.pi)}
-    names, probs = getattr(cfg, "kernel_list" + sfx), getattr(cfg, "kernel_prob" + sfx)
+    names, probs = order.kernel_list, order.kernel_prob
     t = names[int(rng.choice(len(names), p=np.asarray(probs) / np.sum(probs)))]
-    sigma = getattr(cfg, "blur_sigma" + sfx)
+    sigma = order.blur_sigma
     p: dict[str, Any] = {"type": t, "size": size, "sigma_x": _u(rng, *sigma)}
     if t.endswith("aniso"):
         p["sigma_y"] = _u(rng, *sigma)
         p["theta"] = _u(rng, -math.pi, math.pi)
     if t.startswith(("generalized", "plateau")):
-        lo, hi = getattr(cfg, ("betag_range" if t.startswith("generalized") else "betap_range") + sfx)
+        lo, hi = order.betag_range if t.startswith("generalized") else order.betap_range
         # half the draws below 1 and half above (BasicSR's random_bivariate_* rule)
         p["beta"] = _u(rng, lo, 1) if rng.random() < 0.5 else _u(rng, 1, hi)
     return p
@@ -66,13 +68,12 @@ def draw_resize(rng: np.random.Generator, probs: Iterable[float], rng_range: Ite
     return {"updown": updown, "factor": factor, "mode": str(rng.choice(modes))}
 
 
-def draw_noise(rng: np.random.Generator, cfg: DegradeConfig, second: bool = False) -> dict[str, Any]:
-    sfx = "2" if second else ""
-    if rng.random() < getattr(cfg, "gaussian_noise_prob" + sfx):
-        p: dict[str, Any] = {"kind": "gaussian", "sigma": _u(rng, *getattr(cfg, "noise_range" + sfx))}
+def draw_noise(rng: np.random.Generator, order: OrderConfig) -> dict[str, Any]:
+    if rng.random() < order.gaussian_noise_prob:
+        p: dict[str, Any] = {"kind": "gaussian", "sigma": _u(rng, *order.noise_range)}
     else:
-        p = {"kind": "poisson", "scale": _u(rng, *getattr(cfg, "poisson_scale_range" + sfx))}
-    p["gray"] = bool(rng.random() < getattr(cfg, "gray_noise_prob" + sfx))
+        p = {"kind": "poisson", "scale": _u(rng, *order.poisson_scale_range)}
+    p["gray"] = bool(rng.random() < order.gray_noise_prob)
     p["seed"] = int(rng.integers(0, 2**63 - 1))
     return p
 
@@ -84,27 +85,28 @@ def _jpeg(rng: np.random.Generator, q_range: Iterable[int]) -> int:
 
 def draw_realesrgan(rng: np.random.Generator, cfg: DegradeConfig) -> dict[str, Any]:
     """Real-ESRGAN's second-order degradation, every random choice per sample."""
+    sizes, first, second, final = _kernel_sizes(cfg), cfg.first, cfg.second, cfg.final
     p: dict[str, Any] = {
-        "kernel1": draw_kernel(rng, cfg),
-        "resize1": draw_resize(rng, cfg.resize_prob, cfg.resize_range, cfg.resize_modes),
-        "noise1": draw_noise(rng, cfg),
-        "jpeg1": _jpeg(rng, cfg.jpeg_range),
-        "second_order": bool(rng.random() < cfg.second_order_prob),
+        "kernel1": draw_kernel(rng, first, sizes),
+        "resize1": draw_resize(rng, first.resize_prob, first.resize_range, cfg.resize_modes),
+        "noise1": draw_noise(rng, first),
+        "jpeg1": _jpeg(rng, first.jpeg_range),
+        "second_order": bool(rng.random() < second.prob),
     }
     if p["second_order"]:
-        p["kernel2"] = draw_kernel(rng, cfg, second=True) if rng.random() < cfg.second_blur_prob else None
-        p["resize2"] = draw_resize(rng, cfg.resize_prob2, cfg.resize_range2, cfg.resize_modes)
-        p["noise2"] = draw_noise(rng, cfg, second=True)
-    resize_first = bool(rng.random() < cfg.final_resize_first_prob)
+        p["kernel2"] = draw_kernel(rng, second, sizes) if rng.random() < second.blur_prob else None
+        p["resize2"] = draw_resize(rng, second.resize_prob, second.resize_range, cfg.resize_modes)
+        p["noise2"] = draw_noise(rng, second)
+    resize_first = bool(rng.random() < final.resize_first_prob)
     mode = str(rng.choice(cfg.resize_modes))
     sinc = None
-    if rng.random() < cfg.final_sinc_prob:
-        sinc = {"type": "sinc", "size": int(rng.choice(_kernel_sizes(cfg))), "omega": _u(rng, math.pi / 3, math.pi)}
+    if rng.random() < final.sinc_prob:
+        sinc = {"type": "sinc", "size": int(rng.choice(sizes)), "omega": _u(rng, math.pi / 3, math.pi)}
     p["final"] = {
         "order": "resize_first" if resize_first else "jpeg_first",
         "mode": mode,
         "sinc": sinc,
-        "jpeg": _jpeg(rng, cfg.jpeg_range2),
+        "jpeg": _jpeg(rng, final.jpeg_range),
     }
     return p
 
@@ -127,7 +129,7 @@ def draw_bsrgan(rng: np.random.Generator, cfg: DegradeConfig) -> dict[str, Any]:
     """BSRGAN's shuffled degradation (utils_blindsr.degradation_bsrgan, no camera ISP model)."""
     sf = cfg.scale
     ops: list[dict[str, Any]] = []
-    if sf == 4 and rng.random() < cfg.bsrgan_scale2_prob:
+    if sf == 4 and rng.random() < cfg.bsrgan.scale2_prob:
         mode = str(rng.choice(cfg.resize_modes)) if rng.random() < 0.5 else "bicubic_antialias"
         ops.append({"op": "resize", "factor": 0.5, "mode": mode})
         sf = 2
@@ -148,7 +150,7 @@ def draw_bsrgan(rng: np.random.Generator, cfg: DegradeConfig) -> dict[str, Any]:
         elif i == 3:
             ops.append({"op": "resize_to_lq", "mode": str(rng.choice(cfg.resize_modes))})
         elif i == 4:
-            level = int(rng.integers(cfg.bsrgan_noise_range[0], cfg.bsrgan_noise_range[1] + 1))
+            level = int(rng.integers(cfg.bsrgan.noise_range[0], cfg.bsrgan.noise_range[1] + 1))
             r = rng.random()
             if r > 0.6:
                 noise: dict[str, Any] = {"op": "noise", "kind": "gaussian", "gray": False, "sigma": float(level)}
@@ -156,7 +158,7 @@ def draw_bsrgan(rng: np.random.Generator, cfg: DegradeConfig) -> dict[str, Any]:
                 noise = {"op": "noise", "kind": "gaussian", "gray": True, "sigma": float(level)}
             else:
                 # channel-correlated noise: cov = |L^2 U^T D U|, L the top noise level (as BSRGAN)
-                big = cfg.bsrgan_noise_range[1] / 255.0
+                big = cfg.bsrgan.noise_range[1] / 255.0
                 d = np.diag(rng.random(3))
                 u = orth(rng.random((3, 3)))
                 cov = np.abs(big**2 * (u.T @ d @ u))
@@ -164,89 +166,39 @@ def draw_bsrgan(rng: np.random.Generator, cfg: DegradeConfig) -> dict[str, Any]:
             noise["seed"] = int(rng.integers(0, 2**63 - 1))
             ops.append(noise)
         elif i == 5:
-            if rng.random() < cfg.bsrgan_jpeg_prob:
+            if rng.random() < cfg.bsrgan.jpeg_prob:
                 ops.append({"op": "jpeg", "quality": int(rng.integers(30, 96))})
         # i == 6: camera ISP simulation, skipped (BSRGAN's public code has no ISP model either)
     ops.append({"op": "jpeg", "quality": int(rng.integers(30, 96))})
     return {"ops": ops}
 
 
-def draw_params(cfg: DegradeConfig, pair_id: str, image_size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Every random choice of one sample, as a JSON-able dict.
-
-    image_size (H, W) of the decoded image adds the gt_size crop position (drawn last, so the
-    degradation draws do not depend on the image size); None for inputs already cropped.
-    """
-    rng = sample_rng(cfg.seed, pair_id)
-    p: dict[str, Any] = {
-        "version": PARAMS_VERSION,
-        "pipeline": cfg.pipeline,
-        "seed": cfg.seed,
-        "pair_id": pair_id,
-        "gt_size": cfg.gt_size,
-        "scale": cfg.scale,
-        "lq_resize_to_gt": cfg.lq_resize_to_gt,
-        "usm": {"radius": cfg.usm_radius, "weight": cfg.usm_weight, "threshold": cfg.usm_threshold}
-        if cfg.usm_sharpen_gt else None,
-    }
-    p.update(draw_realesrgan(rng, cfg) if cfg.pipeline == "realesrgan" else draw_bsrgan(rng, cfg))
-    if image_size is not None:
-        h, w = image_size
-        p["crop"] = [int(rng.integers(0, h - cfg.gt_size + 1)), int(rng.integers(0, w - cfg.gt_size + 1))]
-    return p
-
-
-def summarize_params(params: Iterable[dict[str, Any] | str]) -> dict[str, float]:
-    """Distribution of drawn parameters as flat metrics (frequencies in [0, 1], means).
-
-    Accepts dicts or their JSON strings; rows without params (failed rows) are skipped.
-    """
-    import json
-
-    counts: Counter[str] = Counter()
-    sums: Counter[str] = Counter()
-    n = 0
-    for p in params:
-        if not p:
+def count_realesrgan(p: dict[str, Any], counts: Counter[str], sums: Counter[str]) -> None:
+    """Add one Real-ESRGAN sample's draws to the category counts and value sums of summarize_params."""
+    counts[f"kernel1.{p['kernel1']['type']}"] += 1
+    for tag in ("1", "2"):
+        if f"resize{tag}" not in p:
             continue
-        p = json.loads(p) if isinstance(p, str) else p
-        n += 1
-        if p["pipeline"] == "realesrgan":
-            counts[f"kernel1.{p['kernel1']['type']}"] += 1
-            for tag in ("1", "2"):
-                if f"resize{tag}" not in p:
-                    continue
-                r, z = p[f"resize{tag}"], p[f"noise{tag}"]
-                counts[f"resize{tag}.{r['updown']}"] += 1
-                counts[f"resize{tag}.mode.{r['mode']}"] += 1
-                counts[f"noise{tag}.{z['kind']}"] += 1
-                counts[f"noise{tag}.gray"] += z["gray"]
-                sums[f"resize{tag}.factor_mean"] += r["factor"]
-            sums["jpeg1.quality_mean"] += p["jpeg1"]
-            counts["second_order"] += p["second_order"]
-            if p["second_order"]:
-                counts["kernel2.none" if p["kernel2"] is None else f"kernel2.{p['kernel2']['type']}"] += 1
-            counts[f"final.{p['final']['order']}"] += 1
-            counts[f"final.mode.{p['final']['mode']}"] += 1
-            counts["final.sinc"] += p["final"]["sinc"] is not None
-            sums["final.jpeg_quality_mean"] += p["final"]["jpeg"]
-        else:
-            for op in p["ops"]:
-                name = op["op"] if op["op"] != "noise" else f"noise.{op['kind']}{'_gray' if op.get('gray') else ''}"
-                counts[f"op.{name}"] += 1
-                if op["op"] == "jpeg":
-                    sums["jpeg.quality_sum"] += op["quality"]
-    if n == 0:
-        return {"n": 0.0}
-    out = {"n": float(n)}
-    n2 = max(counts["second_order"], 1)
-    # second-order frequencies are conditional on the second order running
-    out.update({k: v / (n2 if k.startswith(("kernel2", "resize2", "noise2")) else n) for k, v in sorted(counts.items())})
-    for k, v in sums.items():
-        if k.startswith(("resize2", "noise2")):
-            out[k] = v / n2
-        elif k == "jpeg.quality_sum":
-            out["jpeg.quality_mean"] = v / max(counts["op.jpeg"], 1)
-        else:
-            out[k] = v / n
-    return out
+        r, z = p[f"resize{tag}"], p[f"noise{tag}"]
+        counts[f"resize{tag}.{r['updown']}"] += 1
+        counts[f"resize{tag}.mode.{r['mode']}"] += 1
+        counts[f"noise{tag}.{z['kind']}"] += 1
+        counts[f"noise{tag}.gray"] += z["gray"]
+        sums[f"resize{tag}.factor_mean"] += r["factor"]
+    sums["jpeg1.quality_mean"] += p["jpeg1"]
+    counts["second_order"] += p["second_order"]
+    if p["second_order"]:
+        counts["kernel2.none" if p["kernel2"] is None else f"kernel2.{p['kernel2']['type']}"] += 1
+    counts[f"final.{p['final']['order']}"] += 1
+    counts[f"final.mode.{p['final']['mode']}"] += 1
+    counts["final.sinc"] += p["final"]["sinc"] is not None
+    sums["final.jpeg_quality_mean"] += p["final"]["jpeg"]
+
+
+def count_bsrgan(p: dict[str, Any], counts: Counter[str], sums: Counter[str]) -> None:
+    """Add one BSRGAN sample's ops to the counts and sums of summarize_params."""
+    for op in p["ops"]:
+        name = op["op"] if op["op"] != "noise" else f"noise.{op['kind']}{'_gray' if op.get('gray') else ''}"
+        counts[f"op.{name}"] += 1
+        if op["op"] == "jpeg":
+            sums["jpeg.quality_sum"] += op["quality"]

@@ -113,7 +113,7 @@ def shift_kernel(kernel: np.ndarray, shift: float) -> np.ndarray:
 
 
 def kernel_from_params(p: dict[str, Any]) -> np.ndarray:
-    """The (k, k) kernel described by a drawn parameter dict (see degrade_draw)."""
+    """The (k, k) kernel described by a drawn parameter dict (see degradations.draw)."""
     t, k = p["type"], int(p["size"])
     if t == "sinc":
         return sinc_kernel(k, p["omega"])
