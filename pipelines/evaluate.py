@@ -168,7 +168,7 @@ def run_evaluate(ctx: Context, cfg: Optional[EvalConfig] = None) -> dict[str, in
         log.info("evaluate: weights folder %s: %s", cfg.weights_dir, seeded)
     import pyiqa
 
-    code = f"{code_digest("stages.evaluate")}:pyiqa-{pyiqa.__version__}:{weights_digest(cfg.weights_dir)}"
+    code = f"{code_digest('stages.evaluate')}:pyiqa-{pyiqa.__version__}:{weights_digest(cfg.weights_dir)}"
     spec = StageSpec("evaluate", "metrics", {t: lake.digest(t) for t in ("pairs",) + SOURCES}, digest(cfg), code)
     state = lake.begin(spec)
     with ctx.tracker.stage("evaluate", params=to_dict(cfg), state=state) as run:
