@@ -7,10 +7,8 @@ the key, the value and what is allowed.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import yaml
@@ -20,6 +18,7 @@ from catalog.tracking import TrackingConfig
 from evaluation.baselines import BaselineConfig
 from evaluation.metrics import EvalConfig
 from model.config import ModelConfig
+from pipelines.cli import ROOT, STAGES, parser
 from stages.caption import CaptionConfig
 from stages.crawl import CrawlConfig
 from stages.degrade import DegradeConfig
@@ -29,10 +28,7 @@ from stages.prior_train import PriorTrainConfig
 from stages.restore import RestoreConfig
 from stages.train_config import TrainSection
 
-ROOT = Path(__file__).resolve().parents[1]
-# the stages that exist, in DAG order
-STAGES = ("crawl", "filter", "caption", "degrade", "prior", "negatives", "train_encoder", "train_adaptor",
-          "restore", "baselines", "evaluate")
+__all__ = ["ROOT", "STAGES", "RayConfig", "RunConfig", "config_yaml", "load_config", "parse_args"]
 
 
 @dataclass
@@ -44,10 +40,19 @@ class RayConfig:
     address: str = ""
     # CPUs for a local cluster started by the pipeline (null: all)
     num_cpus: int | None = None
-    # show Ray Data progress bars
-    progress_bars: bool = True
+    # progress bars (Ray Data's and tqdm's, in the driver and the workers): true, false, or
+    # "auto": only when stderr is a terminal, so a log file gets one line per stage event instead
+    progress_bars: bool | str = "auto"
+    # restarts of a stage's Ray Data actor when it dies (-1: unlimited, Ray Data's default). Ray logs
+    # an ERROR line for each restartable actor whose arguments sit in the object store (all of Ray
+    # Data's do, ray-project/ray#53727); 0 keeps a single-machine run's log clean, and a stage whose
+    # actor died resumes from its finished parts when rerun
+    actor_max_restarts: int = -1
 
     def __post_init__(self):
+        check(self.actor_max_restarts >= -1, "ray.actor_max_restarts", self.actor_max_restarts, "an integer >= -1")
+        check(self.progress_bars in (True, False, "auto"), "ray.progress_bars", self.progress_bars,
+              'true, false or "auto"')
         check(self.num_cpus is None or self.num_cpus >= 1, "ray.num_cpus", self.num_cpus, "null or an integer >= 1")
 
 
@@ -94,7 +99,4 @@ def config_yaml(cfg: RunConfig) -> str:
 
 
 def parse_args(argv: Sequence[str] | None, description: str, default_config: str = "configs/demo.yaml"):
-    ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--config", "-c", default=str(ROOT / default_config), help="YAML run config")
-    ap.add_argument("overrides", nargs="*", help="key.path=value overrides (YAML values), e.g. filter.min_side=512")
-    return ap.parse_args(argv)
+    return parser(description, default_config).parse_args(argv)

@@ -18,6 +18,7 @@ version of ``train.registered_model`` with aliases ``train.alias`` and the stage
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,6 +32,20 @@ from typing import Any, Optional, Sequence
 
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def build_parser():
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", "-c", default=None, help="YAML run config (lake, tracking, ray, model, train, degrade)")
+    ap.add_argument("--stage", default="all", choices=["encoder", "adaptor", "all"], help="which stage(s) to train")
+    ap.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.encoder.steps=100")
+    return ap
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and bad flags answer before the imports below (torch, Ray)
 
 import yaml
 
@@ -109,8 +124,11 @@ def train_worker(config: dict[str, Any]) -> None:
     """TorchTrainer's train_loop_per_worker: the stage loop on a RaySession."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     init_from = local_folder(config["init_from"]) if config.get("init_from") else None
-    train_loop(config["train"], config["model"], RaySession(), run=config.get("run"), init_from=init_from,
-               degrade=config.get("degrade"))
+    session, run = RaySession(), config.get("run")
+    # every rank samples its own machine (system/rank<N>/... in the stage's run)
+    with run.system_metrics(node_id=f"rank{session.rank}") if run is not None else contextlib.nullcontext():
+        train_loop(config["train"], config["model"], session, run=run, init_from=init_from,
+                   degrade=config.get("degrade"))
 
 
 def local_folder(uri: str) -> str:
@@ -337,14 +355,10 @@ def load_train_config(path: Optional[str], overrides: Sequence[str] = ()) -> Tra
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    import argparse
+    from pipelines import logs
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", "-c", default=None, help="YAML run config (lake, tracking, ray, model, train, degrade)")
-    ap.add_argument("--stage", default="all", choices=[*STAGES, "all"], help="which stage(s) to train")
-    ap.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.encoder.steps=100")
-    args = ap.parse_args(argv)
+    logs.setup()
+    args = build_parser().parse_args(argv)
     try:
         cfg = load_train_config(args.config, args.overrides)
         lake = Lake(cfg.lake)

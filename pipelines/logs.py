@@ -1,0 +1,92 @@
+"""Logs a person can read: one line per stage event on the console, Ray's detail in its own files.
+
+The driver logs ``HH:MM:SS LEVEL message``. Ray Data's per-dataset INFO lines (execution plan,
+"Running Dataset", the periodic operator table it prints when stderr is not a terminal) stay in
+Ray's session log (``/tmp/ray/session_*/logs/ray-data.log``) and leave the console, in the
+driver and, through :func:`quiet_worker` (Ray's ``worker_process_setup_hook``), in every worker
+whose output Ray forwards to the driver (the Ray Train workers and their dataset shards).
+Progress bars (Ray Data's and every tqdm bar, also those of diffusers and transformers) show
+only when the driver writes to a terminal, unless ``ray.progress_bars`` says otherwise.
+
+Imports nothing heavy: the command-line entry points call :func:`setup` before ``--help``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+FORMAT = "%(asctime)s %(levelname)s %(message)s"
+DATEFMT = "%H:%M:%S"
+# third-party loggers that warn on every start about things a run does not use
+QUIET = {
+    "bitsandbytes": logging.ERROR,  # "Failed to load CPU gemm_4bit_forward ..." (no 4-bit kernels on CPU)
+    "alembic": logging.WARNING,  # MLflow's SQLite migrations
+    "mlflow.store.db.utils": logging.WARNING,
+    "mlflow.system_metrics": logging.WARNING,  # "Started monitoring system metrics." per run
+    "pyiqa": logging.WARNING,  # "Network [PIQE] is created." per metric and actor
+    "httpx": logging.WARNING,
+    "urllib3": logging.WARNING,
+}
+# environment that Ray's workers inherit from the driver (pipelines.common.init_ray)
+WORKER_HOOK = "pipelines.logs.quiet_worker"
+
+
+def setup(level: str | int = "INFO") -> None:
+    """The driver's logging: compact lines on stderr, noisy third-party loggers turned down.
+
+    Call before torch, diffusers or transformers are imported: tqdm reads ``TQDM_DISABLE`` when it
+    is imported, so the driver's own bars (model saving, stage 0 run locally) are off from the
+    start when stderr is not a terminal."""
+    logging.basicConfig(level=level, format=FORMAT, datefmt=DATEFMT)
+    for name, lvl in QUIET.items():
+        logging.getLogger(name).setLevel(lvl)
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def progress_wanted(setting: bool | str) -> bool:
+    """``ray.progress_bars``: true, false, or "auto" (on when stderr is a terminal)."""
+    if setting == "auto":
+        return sys.stderr.isatty()
+    return bool(setting)
+
+
+def quiet_progress(enabled: bool) -> dict[str, str]:
+    """Turn every tqdm bar off (tqdm reads ``TQDM_DISABLE``) when progress is not wanted.
+
+    Returns the environment variables for Ray's workers."""
+    if enabled:
+        return {}
+    os.environ["TQDM_DISABLE"] = "1"
+    return {"TQDM_DISABLE": "1"}
+
+
+class _Drop(logging.Filter):
+    """Drops records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def quiet_ray_data(level: int = logging.WARNING) -> None:
+    """Ray Data's console handler shows ``level`` and above; its file handler keeps everything."""
+    import ray.data  # noqa: F401  (configures the "ray.data" logger and its handlers)
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
+            handler.setLevel(level)
+            if not any(isinstance(f, _Drop) for f in handler.filters):
+                # the bars are off on purpose (logs.progress_wanted): no warning per dataset about it
+                handler.addFilter(_Drop("Progress bars disabled"))
+
+
+def quiet_worker() -> None:
+    """Ray's ``worker_process_setup_hook``: the same quieting inside each Ray worker process."""
+    for name, lvl in QUIET.items():
+        logging.getLogger(name).setLevel(lvl)
+    quiet_ray_data()
