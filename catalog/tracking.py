@@ -27,6 +27,12 @@ from catalog.config import check
 
 log = logging.getLogger(__name__)
 
+# MLflow 3 opens an experiment without this tag on its GenAI overview ("Traces: 0"); tagged as
+# model development it opens on the runs table
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# seconds between system-metric samples (CPU, RAM, disk, network, GPU when present) of a run
+SYSTEM_METRICS_INTERVAL_S = 5.0
+
 PACKAGES = (
     "ray", "torch", "torchvision", "diffusers", "transformers", "pyarrow", "datasets", "pyiqa",
     "pandas", "duckdb", "mlflow", "pillow", "numpy",
@@ -138,15 +144,55 @@ class RunRef:
         if self.enabled:
             self.client().log_dict(self.run_id, obj, name)
 
-    def log_image(self, image, name: str) -> None:
-        """Log a PIL image as a PNG artifact ``name``."""
+    def log_image(self, image, name: str, step: int | None = None) -> None:
+        """Log a PIL image as a PNG artifact ``name``; with ``step``, as MLflow's image ``name`` at
+        that step (the UI shows a step slider per key)."""
         if not self.enabled:
+            return
+        if step is not None:
+            self.client().log_image(self.run_id, image, key=name, step=step)
             return
         with tempfile.TemporaryDirectory() as d:
             p = Path(d) / Path(name).name
             image.save(p)
             parent = str(Path(name).parent)
             self.client().log_artifact(self.run_id, str(p), None if parent == "." else parent)
+
+    @contextlib.contextmanager
+    def system_metrics(self, node_id: str | None = None) -> Iterator[None]:
+        """Sample this machine's CPU, RAM, disk, network (and GPU when present) into the run
+        (``system/...`` metrics; ``node_id`` prefixes them, e.g. one per training rank)."""
+        if not self.enabled:
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, node_id=node_id,
+                                       tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
+    def log_inputs(self, tables: Mapping[str, tuple[str, str]], context: str = "input") -> None:
+        """Lake tables this run read, as MLflow datasets: name -> (location, digest) (lineage in the UI)."""
+        if not self.enabled or not tables:
+            return
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = []
+        for name, (location, digest) in tables.items():
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways" for local folders
+                warnings.simplefilter("ignore")
+                source = resolve_dataset_source(location)
+            entity = MetaDataset(source, name=name, digest=digest)._to_mlflow_entity()
+            inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)]))
+        self.client().log_inputs(self.run_id, datasets=inputs)
 
     def log_table(self, df, name: str) -> None:
         """Log a pandas DataFrame as a JSON table artifact (shown by the MLflow UI)."""
@@ -180,15 +226,19 @@ class Tracker:
         logging.getLogger("alembic").setLevel(logging.WARNING)
         client = MlflowClient(tracking_uri=self.uri)
         exp = client.get_experiment_by_name(self.cfg.experiment)
-        if exp is not None:
-            return exp.experiment_id
-        try:
-            return client.create_experiment(self.cfg.experiment, artifact_location=self.artifact_location)
-        except Exception:  # created concurrently by another process
-            exp = client.get_experiment_by_name(self.cfg.experiment)
-            if exp is None:
-                raise
-            return exp.experiment_id
+        if exp is None:
+            try:
+                exp_id = client.create_experiment(self.cfg.experiment, artifact_location=self.artifact_location)
+            except Exception:  # created concurrently by another process
+                exp = client.get_experiment_by_name(self.cfg.experiment)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
+        else:
+            exp_id = exp.experiment_id
+        if exp is None or exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
+        return exp_id
 
     def _create(self, name: str, parent: RunRef | None, tags: Mapping[str, str]) -> RunRef:
         if not self.enabled:
@@ -236,7 +286,8 @@ class Tracker:
         t0 = time.time()
         ok = False
         try:
-            yield ref
+            with ref.system_metrics():
+                yield ref
             ok = True
         finally:
             ref.log_metrics({"seconds": time.time() - t0})
