@@ -260,14 +260,17 @@ def run_train(ctx, stage: str) -> dict[str, Any]:
         run.log_metrics({"final_loss": m.get("loss") or float("nan"), "start_step": summary["start_step"],
                          "train_seconds": seconds})
         if result.checkpoint is not None:
-            summary.update(publish(result.checkpoint, lake, section, stage, cfg, model_cfg, run))
+            summary.update(publish(result.checkpoint, lake, section, stage, cfg, model_cfg, run,
+                                   getattr(ctx.cfg, "restore", None)))
     return summary
 
 
 def publish(checkpoint, lake: Lake, section: TrainSection, stage: str, cfg: TrainConfig, model_cfg: ModelConfig,
-            run: RunRef) -> dict[str, Any]:
+            run: RunRef, restore: Any = None) -> dict[str, Any]:
     """The final model: EMA weights when trained with EMA, kept in <lake>/train/<name>-<stage>/final,
-    logged to MLflow as ``model/`` with the configs, registered with the aliases."""
+    logged to MLflow as ``model/`` (a pyfunc model whose artifact is the checkpoint folder with its
+    configs; ``restore``, the run's RestoreConfig, gives its default restore options), registered
+    with the aliases."""
     import pyarrow.fs as pafs
 
     with tempfile.TemporaryDirectory(prefix="supir-final-") as d:
@@ -284,7 +287,12 @@ def publish(checkpoint, lake: Lake, section: TrainSection, stage: str, cfg: Trai
         pafs.copy_files(str(model_dir), dest, destination_filesystem=lake.fs)
         out: dict[str, Any] = {"final": final, "model_version": None}
         if run.enabled:
-            run.client().log_artifacts(run.run_id, str(model_dir), "model")
+            from stages.restore import RestoreConfig
+            from stages.restore_pyfunc import save_pyfunc
+
+            options = to_dict(restore if restore is not None else RestoreConfig())
+            pyfunc_dir = save_pyfunc(model_dir, Path(d) / "pyfunc", options)
+            run.client().log_artifacts(run.run_id, str(pyfunc_dir), "model")
             if section.registered_model:
                 aliases = [a for a in (section.alias, stage) if a]
                 out["model_version"] = register_model(run, section.registered_model, aliases)

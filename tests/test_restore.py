@@ -145,3 +145,43 @@ def test_pairs_restore_to_their_hq_size(tiny_model):
     out = Restorer(RestoreConfig(model="-", **FAST), model=tiny_model)(b)
     assert list(out["status"]) == ["ok", "ok"]
     assert [Image.open(io.BytesIO(r)).size for r in out["restored"]] == [(64, 64), (64, 64)]
+
+
+def test_registered_pyfunc_model_restores_through_mlflow(checkpoint, tmp_path):
+    """The registered model is an MLflow pyfunc with a signature: `load_model("models:/...@champion")
+    .predict(df)` gives exactly the Restorer's restoration of the same image."""
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from catalog.config import to_dict
+    from stages.restore_pyfunc import save_pyfunc
+
+    options = to_dict(RestoreConfig(model="-", device="cpu", **dict(FAST, min_size=128, sampler=SamplerConfig(num_steps=2))))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    client.log_artifacts(run_id, str(save_pyfunc(checkpoint, tmp_path / "pyfunc", options)), "model")
+    client.create_registered_model("supir-test")
+    version = client.create_model_version("supir-test", f"{client.get_run(run_id).info.artifact_uri}/model", run_id)
+    client.set_registered_model_alias("supir-test", "champion", version.version)
+
+    image = photo(5, (64, 48))
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = mlflow.pyfunc.load_model("models:/supir-test@champion")
+        out = model.predict(pd.DataFrame({"image": [image], "caption": ["a photo"]}))
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert [c.name for c in model.metadata.get_input_schema().inputs] == ["image", "caption"]
+    assert list(out.columns) == ["restored", "width", "height"] and (out["width"][0], out["height"][0]) == (64, 48)
+
+    import hashlib
+
+    direct = Restorer(RestoreConfig(**{**options, "model": str(checkpoint), "sampler": SamplerConfig(num_steps=2),
+                                       "tiling": TilingConfig()}))
+    expected = direct.restore(Image.open(io.BytesIO(image)).convert("RGB"), hashlib.sha256(image).hexdigest()[:16],
+                              "a photo")
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(out["restored"][0]))), np.asarray(expected))

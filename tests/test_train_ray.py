@@ -107,8 +107,9 @@ def test_stage2_two_workers_loss_halves_and_is_registered(ctx, encoder_run):
     # system metrics of each training rank, by name (the stage's own are sampled on the driver)
     assert {"system/rank0/cpu_utilization_percentage", "system/rank1/cpu_utilization_percentage"} <= set(
         run.data.metrics)
-    assert {a.path for a in client.list_artifacts(summary["run_id"], "model")} >= {
-        "model/supir.json", "model/adaptor", "model/train_config.yaml"}
+    assert {a.path for a in client.list_artifacts(summary["run_id"], "model")} >= {"model/MLmodel", "model/artifacts"}
+    assert {a.path for a in client.list_artifacts(summary["run_id"], "model/artifacts/supir")} >= {
+        "model/artifacts/supir/supir.json", "model/artifacts/supir/adaptor", "model/artifacts/supir/train_config.yaml"}
     for alias in ("champion", "adaptor"):
         assert str(client.get_model_version_by_alias("supir", alias).version) == summary["model_version"] == "2"
     assert str(client.get_model_version_by_alias("supir", "encoder").version) == "1"
