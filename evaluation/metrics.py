@@ -303,7 +303,8 @@ def load_metric(name: str, weights_dir: str | os.PathLike, device: torch.device,
             return Metric(name, fn, fn.full_reference, fn.lower_better)
         import pyiqa
 
-        with weights_folder(weights_dir, allow_download):
+        # pyiqa print()s "Loading pretrained model ... from <path>" per metric and actor
+        with weights_folder(weights_dir, allow_download), contextlib.redirect_stdout(io.StringIO()):
             fn = pyiqa.create_metric(name, device=device)
         return Metric(name, fn, fn.metric_mode == "FR", bool(fn.lower_better))
     except (WeightsMissing, FileNotFoundError, ImportError) as e:

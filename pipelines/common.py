@@ -75,6 +75,7 @@ def init_ray(ray_cfg) -> None:
             kwargs["runtime_env"] = quiet
         ray.init(**kwargs)
     logs.quiet_ray_data()
+    logs.filter_worker_output()
     ACTOR_OPTIONS["max_restarts"] = ray_cfg.actor_max_restarts
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = progress

@@ -162,13 +162,22 @@ def main(argv: Sequence[str] | None = None, only: Sequence[str] | None = None, n
     return 0
 
 
+def _brief(result: dict) -> str:
+    """One summary line: status counts, or a training stage's steps, loss and registered model."""
+    if "step" in result and "stage" in result:
+        loss = f", loss {result['loss']:.4g}" if isinstance(result.get("loss"), float) else ""
+        model = f", {result['model_uri']} (version {result['model_version']})" if result.get("model_uri") else ""
+        return f"steps {result.get('start_step', 0)} -> {result['step']}{loss}{model}"
+    return ", ".join(f"{k} {v}" for k, v in result.items())
+
+
 def print_summary(ctx, results: dict, seconds: float) -> None:
     from catalog.schemas import TABLES
 
     lake = ctx.lake
     print(f"\nSUPIR pipeline finished in {seconds:.1f} s")
-    for stage, counts in results.items():
-        print(f"  {stage:8s} {counts}")
+    for stage, result in results.items():
+        print(f"  {stage:14s} {_brief(result)}")
     print(f"\nLake tables:   {lake.uri('').rstrip('/')}  ({', '.join(t for t in TABLES if lake.exists(t))})")
     if ctx.tracker.enabled:
         print(f"MLflow store:  {ctx.tracker.uri}")

@@ -43,6 +43,7 @@ def setup(level: str | int = "INFO") -> None:
         logging.getLogger(name).setLevel(lvl)
     if not sys.stderr.isatty():
         os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def progress_wanted(setting: bool | str) -> bool:
@@ -86,7 +87,54 @@ def quiet_ray_data(level: int = logging.WARNING) -> None:
 
 
 def quiet_worker() -> None:
-    """Ray's ``worker_process_setup_hook``: the same quieting inside each Ray worker process."""
+    """Ray's ``worker_process_setup_hook``: the same quieting inside each Ray worker process.
+
+    Also tells the worker which cluster it is in (RAY_ADDRESS): Ray Train's PlacementGroupCleaner
+    asks the state API about its controller without an address, and on a machine with more than
+    one Ray cluster that raises "Found multiple active Ray instances" in a thread, a traceback in
+    the driver's log after every training run."""
+    import warnings
+
+    import ray
+
     for name, lvl in QUIET.items():
         logging.getLogger(name).setLevel(lvl)
+    # Ray's own internals use its deprecated options (ExecutionOptions.exclude_resources)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.")
+    if not os.environ.get("RAY_ADDRESS") and ray.is_initialized():
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     quiet_ray_data()
+
+
+# worker output lines the driver does not echo: Ray's C++ core worker logs an ERROR for each of its
+# own restartable actors created with arguments in the object store (Ray Train's
+# PreemptionWatcher; ray-project/ray#53727), on every successful run
+BENIGN = ("has constructor arguments in the object store and max_restarts > 0",)
+
+
+def filter_worker_output() -> bool:
+    """Drop the BENIGN lines from the worker output Ray echoes in the driver (log_to_driver).
+
+    Wraps the handler Ray registers on its worker-stream dispatcher (a private API: when it is
+    not there, nothing is filtered and False is returned)."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return False
+    with dispatcher._lock:
+        handlers = list(dispatcher.handlers)
+        for i, (name, handle) in enumerate(handlers):
+            if name == "ray_print_logs" and not getattr(handle, "_supir_filter", False):
+                handlers[i] = (name, _filtered(handle))
+        dispatcher.handlers = handlers
+    return any(name == "ray_print_logs" for name, _ in handlers)
+
+
+def _filtered(handle):
+    def filtered(data):
+        lines = [line for line in data.get("lines", []) if not any(b in line for b in BENIGN)]
+        if lines:
+            handle({**data, "lines": lines})
+
+    filtered._supir_filter = True  # type: ignore[attr-defined]
+    return filtered

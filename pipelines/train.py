@@ -214,7 +214,7 @@ def _exists(lake: Lake, path: str) -> bool:
 def make_trainer(cfg: TrainConfig, model_cfg: ModelConfig, run_name: str, storage_path: str, dataset,
                  run: Optional[RunRef], init_from: Optional[str], degrade: Any = None):
     """The TorchTrainer of one stage (resources live here, STYLE item 7)."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     return TorchTrainer(
@@ -225,7 +225,10 @@ def make_trainer(cfg: TrainConfig, model_cfg: ModelConfig, run_name: str, storag
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(name=run_name, storage_path=storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             # Ray Train's INFO lines (worker group started, each checkpoint reported) stay
+                             # in its log files under the Ray session; the console gets warnings and errors
+                             logging_config=LoggingConfig(log_level="WARNING")),
         datasets={"train": dataset},
         dataset_config=DataConfig(datasets_to_split=[]),
     )

@@ -81,7 +81,7 @@ def save_pyfunc(checkpoint: str | Path, path: str | Path, options: dict[str, Any
         warnings.simplefilter("ignore", UserWarning)
         mlflow.pyfunc.save_model(
             path=str(path),
-            python_model=SupirPyfunc(),
+            python_model=str(Path(__file__).with_name("restore_pyfunc_model.py")),  # from code: no pickle
             artifacts={ARTIFACT: str(checkpoint)},
             signature=signature(),
             model_config=options,

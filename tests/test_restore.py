@@ -162,7 +162,9 @@ def test_registered_pyfunc_model_restores_through_mlflow(checkpoint, tmp_path):
     client = MlflowClient(uri)
     exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
     run_id = client.create_run(exp).info.run_id
-    client.log_artifacts(run_id, str(save_pyfunc(checkpoint, tmp_path / "pyfunc", options)), "model")
+    saved = save_pyfunc(checkpoint, tmp_path / "pyfunc", options)
+    assert (saved / "MLmodel").is_file() and not list(saved.rglob("*.pkl"))  # models from code: nothing unpickled
+    client.log_artifacts(run_id, str(saved), "model")
     client.create_registered_model("supir-test")
     version = client.create_model_version("supir-test", f"{client.get_run(run_id).info.artifact_uri}/model", run_id)
     client.set_registered_model_alias("supir-test", "champion", version.version)
