@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -23,7 +24,8 @@ from catalog.tracking import RunRef, Tracker
 
 log = logging.getLogger("supir")
 
-# options of every Ray Data actor pool of this driver (set by init_ray from the ray: section)
+# Ray remote options of every Ray Data actor pool of this driver (init_ray sets them from the
+# ray: section; empty means Ray Data's defaults)
 ACTOR_OPTIONS: dict[str, Any] = {}
 
 
@@ -76,7 +78,12 @@ def init_ray(ray_cfg) -> None:
         ray.init(**kwargs)
     logs.quiet_ray_data()
     logs.filter_worker_output()
-    ACTOR_OPTIONS["max_restarts"] = ray_cfg.actor_max_restarts
+    ACTOR_OPTIONS.clear()
+    if ray_cfg.actor_max_restarts != -1:
+        # Ray 2.60 takes max_restarts only as an extra remote arg, which it marks deprecated (removal
+        # announced for 2.64); the warning would print once per stage
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", module=r"pipelines\.")
+        ACTOR_OPTIONS["max_restarts"] = ray_cfg.actor_max_restarts
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.enable_operator_progress_bars = False  # one display per stage: the dataset's total

@@ -125,6 +125,9 @@ def main(argv: Sequence[str] | None = None, only: Sequence[str] | None = None, n
 
             print(plan_text(cfg), end="")
             return 0
+        from pipelines.config import check_gpus
+
+        check_gpus(cfg, ray_joined=False)  # before the lake or the MLflow store is created
         from catalog.lake import Lake
         from catalog.tracking import Tracker
         from pipelines.common import Context
@@ -144,8 +147,15 @@ def main(argv: Sequence[str] | None = None, only: Sequence[str] | None = None, n
 
     from pipelines.common import init_ray
 
+    from pipelines.config import check_gpus
+
     runners = stage_runners()
     init_ray(cfg.ray)
+    try:
+        check_gpus(cfg, ray_joined=True)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     t0 = time.time()
     results = {}
     with tracker.pipeline(name, to_dict(cfg), config_yaml(cfg)) as parent:

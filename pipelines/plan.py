@@ -128,6 +128,8 @@ def plan_text(cfg: Any) -> str:
     exists = (not local) or os.path.isdir(cfg.lake.removeprefix("file://"))
     if not exists:
         lines.append("  (does not exist yet: every stage runs)")
+    if getattr(cfg, "require_gpus", False):
+        lines.append("require_gpus: true (refuses to start on a Ray cluster without GPUs)")
     lines += ["", f"stages ({len(cfg.stages)}):"]
     for stage in cfg.stages:
         lines.append(f"  {stage}")

@@ -348,21 +348,31 @@ class TrainRunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainSection = field(default_factory=TrainSection)
     degrade: Any = None
+    require_gpus: bool = False  # see pipelines/config.py RunConfig.require_gpus
 
 
 def load_train_config(path: Optional[str], overrides: Sequence[str] = ()) -> TrainRunConfig:
-    from pipelines.config import RayConfig
+    from pipelines.config import RayConfig, check_full_scale
     from stages.degrade import DegradeConfig
 
     data = apply_overrides(load_yaml(path) if path else {}, overrides)
-    return TrainRunConfig(
+    cfg = TrainRunConfig(
         lake=str(data.get("lake", "lake")),
         tracking=from_dict(TrackingConfig, data.get("tracking"), prefix="tracking"),
         ray=from_dict(RayConfig, data.get("ray"), prefix="ray"),
         model=from_dict(ModelConfig, data.get("model"), prefix="model"),
         train=from_dict(TrainSection, data.get("train"), prefix="train"),
         degrade=from_dict(DegradeConfig, data.get("degrade"), prefix="degrade"),
+        require_gpus=from_dict(_RequireGpus, {"require_gpus": data.get("require_gpus", False)}).require_gpus,
     )
+    if cfg.require_gpus:
+        check_full_scale(cfg)
+    return cfg
+
+
+@dataclass
+class _RequireGpus:
+    require_gpus: bool = False
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -372,14 +382,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = load_train_config(args.config, args.overrides)
+        from pipelines.config import check_gpus
+
+        check_gpus(cfg, ray_joined=False)  # before the lake or the MLflow store is created
         lake = Lake(cfg.lake)
         tracker = Tracker(cfg.tracking, cfg.lake)
     except (ConfigError, ValueError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     from pipelines.common import Context, init_ray
+    from pipelines.config import check_gpus
 
     init_ray(cfg.ray)
+    try:
+        check_gpus(cfg, ray_joined=True)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     ctx = Context(cfg, lake, tracker)
     stages = list(STAGES) if args.stage == "all" else [args.stage]
     with tracker.pipeline("train", to_dict(cfg), yaml.safe_dump(to_dict(cfg), sort_keys=False)):

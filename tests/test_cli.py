@@ -88,6 +88,8 @@ def test_plan_prints_dag_resources_and_cache_state_and_writes_nothing(config, tm
         assert f"\n  {stage}\n    resources: " in r.stdout
     if "sdxl" in config:
         assert "8 Captioner actors x 1 CPU + 1 GPU (llava-hf/llava-1.5-13b-hf" in r.stdout
+        assert "64 Ray Train workers x 8 CPU + 1 GPU (fsdp, batch 4/worker" in r.stdout
+        assert "require_gpus: true" in r.stdout
 
 
 def test_plan_reports_finished_changed_and_started_stages(tmp_path, capsys):
@@ -139,3 +141,49 @@ def test_seed_exits_nonzero_when_a_file_is_missing(tmp_path):
     r = run("-m", "evaluation.metrics", "seed", "--weights", str(tmp_path / "w"), "--basicsr-sdist", str(bad))
     assert r.returncode == 1
     assert "missing" in r.stderr and "niqe" in r.stderr.lower()
+
+
+def test_sdxl_config_is_the_full_scale_run():
+    from pipelines.config import STAGES, load_config
+
+    cfg = load_config(ROOT / "configs/sdxl.yaml")
+    assert cfg.require_gpus and cfg.model.preset == "sdxl" and cfg.model.prior
+    assert set(cfg.stages) == set(STAGES) - {"prior"}  # stage 0 is for the tiny prior only
+    assert cfg.caption.model == "llava-hf/llava-1.5-13b-hf" and cfg.caption.num_gpus_per_actor == 1
+    for stage in ("encoder", "adaptor"):
+        t = cfg.train.stage(stage)
+        assert t.use_gpu and t.num_workers * t.batch_size == 256 and t.crop_size == 512 and t.lr == 1e-5
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.preset=tiny", "model.preset"), ("model.prior=train", "model.prior"),
+    ("train.adaptor.use_gpu=false", "train.adaptor.use_gpu"), ("caption.device=cpu", "caption.device"),
+    ("restore.num_gpus_per_actor=0", "restore.num_gpus_per_actor"), ("caption.model=tiny-random", "caption.model"),
+])
+def test_full_scale_refuses_a_tiny_or_cpu_fallback(override, key):
+    from catalog.config import ConfigError
+    from pipelines.config import load_config
+    from pipelines.train import load_train_config
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(ROOT / "configs/sdxl.yaml", [override])
+    if key.startswith(("model.", "train.")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_train_config(str(ROOT / "configs/sdxl.yaml"), [override])
+    load_config(ROOT / "configs/sdxl.yaml", [override, "require_gpus=false"])  # an explicit choice is allowed
+
+
+def test_readme_sdxl_train_command_refuses_without_gpus():
+    """README's `python pipelines/train.py -c configs/sdxl.yaml --stage all`, as printed: on a machine
+    without GPUs it stops before any work (no lake, no MLflow store, no Ray) instead of training tiny."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the command would start the real training")
+    existed = Path("/mnt/lake").exists()
+    r = subprocess.run(["bash", "-c", "python pipelines/train.py -c configs/sdxl.yaml --stage all"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"})
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "require_gpus: true (a full-scale run) refuses to start" in r.stderr
+    assert "TRAIN_RESULT" not in r.stdout and Path("/mnt/lake").exists() == existed
