@@ -8,6 +8,7 @@ the summary last. Slow (the whole demo: about 11 minutes on 2 cores).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,9 @@ DEMO = "python pipelines/full.py --config configs/demo.yaml"
 DEMO_RUN2 = DEMO + " restore.sampler.tau_r=0 tracking.run_name=no-restoration-guidance"
 # README commands run after the demo, verbatim (tests/test_readme.py checks that the README has no other)
 AFTER_DEMO = [
+    "python pipelines/full.py --help",
+    "python pipelines/full.py --config configs/demo.yaml --plan",
+    "python pipelines/ingest.py --config configs/demo.yaml --print-config",
     'python -m catalog.sql "SELECT status, count(*) AS n FROM images GROUP BY status"',
     "python -m catalog.sql --query status_counts",
     "python -m catalog.sql --query drop_reasons",
@@ -32,7 +36,15 @@ AFTER_DEMO = [
     "[Image.open(p).reduce(8).save(Path('small', p.name)) for p in sorted(Path('data/samples').glob('*.jpg'))]\"",
     "python pipelines/restore.py --model models:/supir-demo@champion --experiment supir-demo --input small/ "
     "--output restored/ --min-size 128 --steps 10 --device cpu",
+    "python pipelines/restore.py --model lake/train/demo-adaptor/final --input small/ --output restored/ "
+    "--min-size 128 --steps 10 --device cpu",
 ]
+# README "Comparing runs", after the second run
+SQL_COMPARE = '''python -m catalog.sql "
+ SELECT r.run_id, json_extract(r.params, '$.sampler.tau_r') AS tau_r, m.metric, avg(m.value) AS mean, count(*) AS n
+ FROM metrics m JOIN (SELECT DISTINCT run_id, params FROM restorations) r USING (run_id)
+ WHERE m.method = 'supir' AND m.status = 'ok' GROUP BY ALL ORDER BY m.metric, tau_r"'''
+README_PYTHON = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
 
 
 def scratch_checkout(tmp: Path) -> Path:
@@ -83,6 +95,13 @@ def test_readme_commands_after_the_demo(demo):
         r = shell(cmd, work, timeout=1800)
         assert r.returncode == 0, (cmd, r.stdout[-3000:], r.stderr[-3000:])
     assert len(list((work / "restored").glob("*.png"))) == len(list((ROOT / "data/samples").glob("*.jpg")))
+    pyfunc = next(b for b in README_PYTHON if "mlflow.pyfunc.load_model" in b)
+    r = shell(f"python - <<'EOF'\n{pyfunc}EOF", work, timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from PIL import Image
+
+    small = Image.open(work / "small" / "sunset_by_Aitzol_Berasategi.jpg")
+    assert Image.open(work / "restored.png").size == small.size
 
 
 def test_two_runs_compare_at_the_parent_level(demo):
@@ -91,6 +110,9 @@ def test_two_runs_compare_at_the_parent_level(demo):
     r = shell(f"{DEMO_RUN2} 2>&1", work)
     assert r.returncode == 0, r.stdout[-5000:]
     check_log(r.stdout)
+    for cmd in [SQL_COMPARE, "python - <<'EOF'\n" + next(b for b in README_PYTHON if "search_runs" in b) + "EOF"]:
+        r = shell(cmd, work)
+        assert r.returncode == 0, (cmd, r.stderr[-3000:])
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{work / 'lake' / 'mlflow.db'}")
