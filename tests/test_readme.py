@@ -35,7 +35,7 @@ NOT_RUN = {
     "ray up ray_cluster.yaml": "needs an AWS account (tests/test_cluster.py validates the file against Ray's schema)",
     "ray dashboard ray_cluster.yaml &": "needs the AWS cluster of `ray up`",
     "ray job submit --address http://127.0.0.1:8265 --working-dir . -- python pipelines/full.py --config "
-    "configs/sdxl.yaml lake=s3://bucket/lake tracking.uri=http://mlflow:5000": "needs the GPU cluster of `ray up`",
+    "configs/sdxl.yaml lake=s3://bucket/lake tracking.uri=http://<head IP>:5000": "needs the GPU cluster of `ray up`",
     "ray down ray_cluster.yaml": "needs the AWS cluster of `ray up`",
 }
 
