@@ -68,7 +68,48 @@ def resolve_uri(cfg: TrackingConfig, lake_root: str) -> tuple[str, Optional[str]
         )
     base = Path(lake_root.removeprefix("file://")).resolve()
     base.mkdir(parents=True, exist_ok=True)
+    relocate_store(base)
     return f"sqlite:///{base / 'mlflow.db'}", (base / "mlartifacts").as_uri()
+
+
+# where the embedded store records absolute artifact locations (MLflow keeps no relative ones)
+LOCATIONS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("model_versions", "source"),
+             ("model_versions", "storage_location"), ("logged_models", "artifact_location"),
+             ("datasets", "dataset_source"))
+
+
+def relocate_store(base: Path) -> dict[str, str]:
+    """Make a moved or copied lake's embedded MLflow store point at its own artifacts.
+
+    MLflow stores artifact and model locations as absolute URIs: a copied lake's UI would serve
+    the original's files (and break once it is deleted). The lake's experiments were created with
+    ``<lake>/mlartifacts``; any other lake folder found there is rewritten to this one in every
+    location column (runs, registered model versions, logged models, dataset sources). Returns
+    {old folder: new folder}."""
+    import sqlite3
+
+    db = base / "mlflow.db"
+    if not db.is_file():
+        return {}
+    new = str(base)
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+        try:
+            rows = con.execute("SELECT artifact_location FROM experiments").fetchall()
+        except sqlite3.OperationalError:  # not (yet) an MLflow database
+            return {}
+        old = {loc.removeprefix("file://").removesuffix("/mlartifacts") for (loc,) in rows
+               if loc and loc.startswith("file:///") and loc.endswith("/mlartifacts")}
+        moved = {o: new for o in old if o != new}
+        tables = {t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        with con:
+            for o in moved:
+                for table, column in LOCATIONS:
+                    if table in tables:
+                        con.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?) WHERE instr({column}, ?) > 0",
+                                    (o + "/", new + "/", o + "/"))
+    if moved:
+        log.warning("MLflow store %s: artifact locations moved from %s to this lake", db, ", ".join(sorted(moved)))
+    return moved
 
 
 def git_sha() -> str:
