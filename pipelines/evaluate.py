@@ -200,8 +200,10 @@ def run_evaluate(ctx: Context, cfg: Optional[EvalConfig] = None) -> dict[str, in
             n_blocks = max(1, min(64, work.num_rows // cfg.rows_per_batch))
             step = -(-work.num_rows // n_blocks)
             ds = ray.data.from_arrow([work.slice(i, step) for i in range(0, work.num_rows, step)])
+            # memory: a batch holds every row's HQ and restored PNGs decoded (about 400 MiB measured on
+            # the demo); requesting it keeps Ray from packing readers into an OOM and from warning
             ds = ds.map_batches(GatherImages(lake.root), batch_format="pyarrow", batch_size=cfg.rows_per_batch,
-                                num_cpus=0.1)
+                                num_cpus=0.1, memory=512 * 2**20)
             ds = ds.map_batches(StageActor, fn_constructor_args=(Evaluator, cfg), batch_size=cfg.rows_per_batch,
                                 batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=cfg.actors),
                                 num_gpus=gpus_if_available(cfg.num_gpus_per_actor), **ACTOR_OPTIONS)

@@ -12,6 +12,7 @@ Imports nothing heavy: the command-line entry points call :func:`setup` before `
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -99,6 +100,11 @@ def quiet_worker() -> None:
 
     for name, lvl in QUIET.items():
         logging.getLogger(name).setLevel(lvl)
+    # Ray Train logs "Reporting training result N: TrainingReport(...)" per checkpoint on a logger
+    # named after its file, outside "ray.train" (so outside its LoggingConfig)
+    spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
+    if spec is not None and spec.origin:
+        logging.getLogger(spec.origin).setLevel(logging.WARNING)
     # Ray's own internals use its deprecated options (ExecutionOptions.exclude_resources)
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.")
     if not os.environ.get("RAY_ADDRESS") and ray.is_initialized():

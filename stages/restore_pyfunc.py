@@ -23,7 +23,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
+with warnings.catch_warnings():  # mlflow.pyfunc warns on import about its own internal type hints
+    warnings.simplefilter("ignore", UserWarning)
+    import mlflow.pyfunc
 
 ARTIFACT = "supir"
 REQUIREMENTS = ["torch", "torchvision", "diffusers", "transformers", "pillow", "pandas", "numpy", "safetensors",
