@@ -62,7 +62,7 @@ def test_pipeline_job_logs_to_a_tracking_server(mlflow_server, tmp_path):
                            env=env, capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stderr[-3000:]
     try:
-        for _ in range(6):  # the head's job agent may need a while on a loaded machine
+        for _ in range(24):  # the head's job agent may need minutes to register on a loaded machine
             r = subprocess.run(
                 [ray, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ".", "--",
                  "python", "pipelines/full.py", "--config", "configs/demo.yaml", f"lake={tmp_path / 'lake'}",
