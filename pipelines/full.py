@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None, only: Sequence[str] | None = None, n
     logs.setup()
     args = cli.parser(description or __doc__.split("\n\n")[0], stages=only or cli.STAGES).parse_args(argv)
     from catalog.config import ConfigError, to_dict
-    from pipelines.config import config_yaml, load_config
+    from pipelines.config import check_gpus, config_yaml, load_config
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -125,8 +125,6 @@ def main(argv: Sequence[str] | None = None, only: Sequence[str] | None = None, n
 
             print(plan_text(cfg), end="")
             return 0
-        from pipelines.config import check_gpus
-
         check_gpus(cfg, ray_joined=False)  # before the lake or the MLflow store is created
         from catalog.lake import Lake
         from catalog.tracking import Tracker
@@ -146,8 +144,6 @@ def main(argv: Sequence[str] | None = None, only: Sequence[str] | None = None, n
     import ray
 
     from pipelines.common import init_ray
-
-    from pipelines.config import check_gpus
 
     runners = stage_runners()
     init_ray(cfg.ray)

@@ -124,7 +124,9 @@ def filter_worker_output() -> bool:
     Wraps the handler Ray registers on its worker-stream dispatcher (a private API: when it is
     not there, nothing is filtered and False is returned)."""
     try:
-        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+        from ray._private.ray_logging import (
+            global_worker_stdstream_dispatcher as dispatcher,
+        )
     except ImportError:
         return False
     with dispatcher._lock:

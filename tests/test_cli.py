@@ -118,9 +118,9 @@ def test_plan_reports_finished_changed_and_started_stages(tmp_path, capsys):
 def test_demo_metrics_are_all_computable_from_make_weights(tmp_path):
     """The demo asks only for metrics that `make weights` (seed) can give: none may end up n/a."""
     import torch
+    from iqa_weights import seeded_weights
 
     from evaluation.metrics import load_metric
-    from iqa_weights import seeded_weights
     from pipelines.config import load_config
 
     folder, report = seeded_weights(tmp_path / "weights")

@@ -80,7 +80,7 @@ def demo(tmp_path_factory):
 
 
 def test_demo_log_is_short_clean_and_ends_with_the_summary(demo):
-    work, log = demo
+    _, log = demo
     lines = check_log(log)
     print(f"demo log: {len(lines)} lines")
     summary = next(i for i, ln in enumerate(lines) if ln.startswith("SUPIR pipeline finished in"))

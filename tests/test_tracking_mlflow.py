@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 from mlflow import MlflowClient
 from PIL import Image
@@ -57,7 +58,7 @@ def test_a_copied_lake_serves_its_own_artifacts_and_models(tmp_path):
     client = MlflowClient(t2.uri)
     assert client.get_run(parent.run_id).info.artifact_uri.startswith((new / "mlartifacts").as_uri())
     assert (tmp_path / "dl").mkdir() is None
-    assert open(client.download_artifacts(parent.run_id, "note.txt", str(tmp_path / "dl"))).read() == "hello"
+    assert Path(client.download_artifacts(parent.run_id, "note.txt", str(tmp_path / "dl"))).read_text() == "hello"
     assert client.get_model_version("m", "1").source.startswith((new / "mlartifacts").as_uri())
     assert str(new / "images") in client.get_run(parent.run_id).inputs.dataset_inputs[0].dataset.source
     assert client.get_experiment(t2.experiment_id).artifact_location == (new / "mlartifacts").as_uri()
