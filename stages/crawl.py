@@ -76,7 +76,7 @@ class CrawlConfig:
     retries: int = 2
     """Extra attempts after a 5xx, 429, timeout or broken connection (never after a 4xx)."""
     backoff_s: float = 0.5
-    """Wait before retry k (0-based) is backoff_s * 2**k, times a random factor in [0.5, 1.5) so
+    """Wait before retry k (0-based) is backoff_s * 2**k, times a random factor in [1, 1.5) so
     that threads and workers do not retry in step; at least the server's Retry-After."""
     max_bytes: int = 32 * 1024 * 1024
     """Largest accepted body (bytes); larger is too_large, by Content-Length or while streaming."""

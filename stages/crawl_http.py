@@ -183,8 +183,8 @@ class HttpClient:
         raise AssertionError("unreachable")
 
     def backoff(self, attempt: int) -> float:
-        """backoff_s * 2**attempt, jittered by a factor in [0.5, 1.5)."""
-        return self.cfg.backoff_s * (2**attempt) * (0.5 + self.jitter.random())
+        """backoff_s * 2**attempt, jittered up by a factor in [1, 1.5) (never shorter than documented)."""
+        return self.cfg.backoff_s * (2**attempt) * (1.0 + 0.5 * self.jitter.random())
 
     def _follow(self, url: str) -> Download:
         for _ in range(self.cfg.max_redirects + 1):

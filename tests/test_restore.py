@@ -147,7 +147,7 @@ def test_pairs_restore_to_their_hq_size(tiny_model):
     assert [Image.open(io.BytesIO(r)).size for r in out["restored"]] == [(64, 64), (64, 64)]
 
 
-def test_registered_pyfunc_model_restores_through_mlflow(checkpoint, tmp_path):
+def test_registered_pyfunc_model_restores_through_mlflow(checkpoint, tmp_path, monkeypatch):
     """The registered model is an MLflow pyfunc with a signature: `load_model("models:/...@champion")
     .predict(df)` gives exactly the Restorer's restoration of the same image."""
     import mlflow
@@ -171,6 +171,7 @@ def test_registered_pyfunc_model_restores_through_mlflow(checkpoint, tmp_path):
 
     image = photo(5, (64, 48))
     previous = mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # set_tracking_uri writes the variable: undone at teardown
     mlflow.set_tracking_uri(uri)
     try:
         model = mlflow.pyfunc.load_model("models:/supir-test@champion")

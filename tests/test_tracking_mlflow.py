@@ -6,11 +6,18 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
 from catalog import tracking
 from catalog.tracking import Tracker, TrackingConfig
+
+
+@pytest.fixture(autouse=True)
+def _lake_store(monkeypatch):
+    """These tests are about the lake's embedded store: no tracking URI from the environment."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
 def test_experiment_is_tagged_to_open_on_its_runs_table(tmp_path):
