@@ -65,14 +65,14 @@ def quiet_progress(enabled: bool) -> dict[str, str]:
 
 
 class _Drop(logging.Filter):
-    """Drops records whose message starts with one of ``prefixes``."""
+    """Drops records whose message starts with one of ``prefixes`` or whose logger is in ``loggers``."""
 
-    def __init__(self, *prefixes: str):
+    def __init__(self, *prefixes: str, loggers: tuple[str, ...] = ()):
         super().__init__()
-        self.prefixes = prefixes
+        self.prefixes, self.loggers = prefixes, loggers
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefixes)
+        return not (str(record.msg).startswith(self.prefixes) or record.name.endswith(self.loggers))
 
 
 def quiet_ray_data(level: int = logging.WARNING) -> None:
@@ -83,8 +83,10 @@ def quiet_ray_data(level: int = logging.WARNING) -> None:
         if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
             handler.setLevel(level)
             if not any(isinstance(f, _Drop) for f in handler.filters):
-                # the bars are off on purpose (logs.progress_wanted): no warning per dataset about it
-                handler.addFilter(_Drop("Progress bars disabled"))
+                # the bars are off on purpose (logs.progress_wanted): no warning per dataset about it;
+                # the issue detector's memory advice (15 lines per operator that reads images) is
+                # for tuning a cluster: it stays in ray-data.log
+                handler.addFilter(_Drop("Progress bars disabled", loggers=("issue_detector_manager",)))
 
 
 def quiet_worker() -> None:
