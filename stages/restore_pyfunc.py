@@ -23,8 +23,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+
+def _silent(*args, **kwargs) -> None:
+    """A ``warnings.showwarning`` that shows nothing."""
+
+
 with warnings.catch_warnings():  # mlflow.pyfunc warns on import about its own internal type hints
     warnings.simplefilter("ignore", UserWarning)
+    warnings.showwarning = _silent  # MLflow resets the filter to "once" inside; restored on exit
     import mlflow.pyfunc
 
 ARTIFACT = "supir"
@@ -46,6 +52,7 @@ def signature():
 # signature is given explicitly in save_pyfunc
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
+    warnings.showwarning = _silent
 
     class SupirPyfunc(mlflow.pyfunc.PythonModel):
         """Loads the checkpoint once per process; ``predict`` restores each row's image."""
