@@ -24,7 +24,8 @@ $(VENV)/.installed: pyproject.toml
 
 env: $(VENV)/.installed
 
-# offline IQA weights: NIQE (basicsr sdist), ST-LPIPS (stlpips-pytorch); see README "Metrics"
+# IQA weights without the model hubs: NIQE parameters from basicsr's sdist (pip downloads it from the
+# package index), ST-LPIPS from stlpips-pytorch; a missing file fails, so the next make retries
 weights/.seeded: $(VENV)/.installed
 	$(PY) -m evaluation.metrics seed --weights weights
 	touch $@

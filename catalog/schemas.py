@@ -41,6 +41,7 @@ IMAGE_STATUSES = (
     "forbidden_address",
     "too_many_redirects",
     "bad_url",
+    "opted_out",  # X-Robots-Tag says noai / noimageai / noindex / noimageindex (crawl.opt_out_directives)
 )
 
 IMAGES = pa.schema(

@@ -27,6 +27,12 @@ from catalog.config import check
 
 log = logging.getLogger(__name__)
 
+# MLflow 3 opens an experiment without this tag on its GenAI overview ("Traces: 0"); tagged as
+# model development it opens on the runs table
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# seconds between system-metric samples (CPU, RAM, disk, network, GPU when present) of a run
+SYSTEM_METRICS_INTERVAL_S = 5.0
+
 PACKAGES = (
     "ray", "torch", "torchvision", "diffusers", "transformers", "pyarrow", "datasets", "pyiqa",
     "pandas", "duckdb", "mlflow", "pillow", "numpy",
@@ -62,7 +68,48 @@ def resolve_uri(cfg: TrackingConfig, lake_root: str) -> tuple[str, Optional[str]
         )
     base = Path(lake_root.removeprefix("file://")).resolve()
     base.mkdir(parents=True, exist_ok=True)
+    relocate_store(base)
     return f"sqlite:///{base / 'mlflow.db'}", (base / "mlartifacts").as_uri()
+
+
+# where the embedded store records absolute artifact locations (MLflow keeps no relative ones)
+LOCATIONS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("model_versions", "source"),
+             ("model_versions", "storage_location"), ("logged_models", "artifact_location"),
+             ("datasets", "dataset_source"))
+
+
+def relocate_store(base: Path) -> dict[str, str]:
+    """Make a moved or copied lake's embedded MLflow store point at its own artifacts.
+
+    MLflow stores artifact and model locations as absolute URIs: a copied lake's UI would serve
+    the original's files (and break once it is deleted). The lake's experiments were created with
+    ``<lake>/mlartifacts``; any other lake folder found there is rewritten to this one in every
+    location column (runs, registered model versions, logged models, dataset sources). Returns
+    {old folder: new folder}."""
+    import sqlite3
+
+    db = base / "mlflow.db"
+    if not db.is_file():
+        return {}
+    new = str(base)
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+        try:
+            rows = con.execute("SELECT artifact_location FROM experiments").fetchall()
+        except sqlite3.OperationalError:  # not (yet) an MLflow database
+            return {}
+        old = {loc.removeprefix("file://").removesuffix("/mlartifacts") for (loc,) in rows
+               if loc and loc.startswith("file:///") and loc.endswith("/mlartifacts")}
+        moved = {o: new for o in old if o != new}
+        tables = {t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        with con:
+            for o in moved:
+                for table, column in LOCATIONS:
+                    if table in tables:
+                        con.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?) WHERE instr({column}, ?) > 0",
+                                    (o + "/", new + "/", o + "/"))
+    if moved:
+        log.warning("MLflow store %s: artifact locations moved from %s to this lake", db, ", ".join(sorted(moved)))
+    return moved
 
 
 def git_sha() -> str:
@@ -138,15 +185,55 @@ class RunRef:
         if self.enabled:
             self.client().log_dict(self.run_id, obj, name)
 
-    def log_image(self, image, name: str) -> None:
-        """Log a PIL image as a PNG artifact ``name``."""
+    def log_image(self, image, name: str, step: int | None = None) -> None:
+        """Log a PIL image as a PNG artifact ``name``; with ``step``, as MLflow's image ``name`` at
+        that step (the UI shows a step slider per key)."""
         if not self.enabled:
+            return
+        if step is not None:
+            self.client().log_image(self.run_id, image, key=name, step=step)
             return
         with tempfile.TemporaryDirectory() as d:
             p = Path(d) / Path(name).name
             image.save(p)
             parent = str(Path(name).parent)
             self.client().log_artifact(self.run_id, str(p), None if parent == "." else parent)
+
+    @contextlib.contextmanager
+    def system_metrics(self, node_id: str | None = None) -> Iterator[None]:
+        """Sample this machine's CPU, RAM, disk, network (and GPU when present) into the run
+        (``system/...`` metrics; ``node_id`` prefixes them, e.g. one per training rank)."""
+        if not self.enabled:
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, node_id=node_id,
+                                       tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
+    def log_inputs(self, tables: Mapping[str, tuple[str, str]], context: str = "input") -> None:
+        """Lake tables this run read, as MLflow datasets: name -> (location, digest) (lineage in the UI)."""
+        if not self.enabled or not tables:
+            return
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = []
+        for name, (location, digest) in tables.items():
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways" for local folders
+                warnings.simplefilter("ignore")
+                source = resolve_dataset_source(location)
+            entity = MetaDataset(source, name=name, digest=digest)._to_mlflow_entity()
+            inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)]))
+        self.client().log_inputs(self.run_id, datasets=inputs)
 
     def log_table(self, df, name: str) -> None:
         """Log a pandas DataFrame as a JSON table artifact (shown by the MLflow UI)."""
@@ -180,15 +267,19 @@ class Tracker:
         logging.getLogger("alembic").setLevel(logging.WARNING)
         client = MlflowClient(tracking_uri=self.uri)
         exp = client.get_experiment_by_name(self.cfg.experiment)
-        if exp is not None:
-            return exp.experiment_id
-        try:
-            return client.create_experiment(self.cfg.experiment, artifact_location=self.artifact_location)
-        except Exception:  # created concurrently by another process
-            exp = client.get_experiment_by_name(self.cfg.experiment)
-            if exp is None:
-                raise
-            return exp.experiment_id
+        if exp is None:
+            try:
+                exp_id = client.create_experiment(self.cfg.experiment, artifact_location=self.artifact_location)
+            except Exception:  # created concurrently by another process
+                exp = client.get_experiment_by_name(self.cfg.experiment)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
+        else:
+            exp_id = exp.experiment_id
+        if exp is None or exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
+        return exp_id
 
     def _create(self, name: str, parent: RunRef | None, tags: Mapping[str, str]) -> RunRef:
         if not self.enabled:
@@ -236,7 +327,8 @@ class Tracker:
         t0 = time.time()
         ok = False
         try:
-            yield ref
+            with ref.system_metrics():
+                yield ref
             ok = True
         finally:
             ref.log_metrics({"seconds": time.time() - t0})

@@ -20,6 +20,7 @@ conditioning_scale)``, so anything with that call (a tiny conv net in tests) can
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional, Protocol
 
@@ -418,7 +419,8 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cfg: S
     gamma = churn_gamma(cfg.s_churn, n)
     x = initial_latents(noise.float(), sigmas)
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    for i in tqdm(range(n), desc="sampling", disable=not progress, leave=False):
+    for i in tqdm(range(n), desc="sampling", leave=False,
+                  disable=not progress or bool(os.environ.get("TQDM_DISABLE"))):  # off in logs
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         sigma_hat = sigma_hat_of(sigma, gamma)
         if gamma > 0:

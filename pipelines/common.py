@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -22,6 +23,10 @@ from catalog.lake import Lake, StageSpec
 from catalog.tracking import RunRef, Tracker
 
 log = logging.getLogger("supir")
+
+# Ray remote options of every Ray Data actor pool of this driver (init_ray sets them from the
+# ray: section; empty means Ray Data's defaults)
+ACTOR_OPTIONS: dict[str, Any] = {}
 
 
 @dataclass
@@ -41,32 +46,47 @@ def gpus_if_available(num_gpus: float) -> float:
 
 
 def init_ray(ray_cfg) -> None:
-    """Join the cluster of a `ray job submit` (RAY_ADDRESS), a given address, or start a local one."""
+    """Join the cluster of a `ray job submit` (RAY_ADDRESS), a given address, or start a local one.
+
+    Logs stay readable (pipelines/logs.py): Ray Data's INFO lines go to Ray's log files only, and
+    progress bars show only when wanted (``ray.progress_bars``, by default when on a terminal)."""
     import ray
     from ray.data import DataContext
 
+    from pipelines import logs
+
+    progress = logs.progress_wanted(ray_cfg.progress_bars)
     if not ray.is_initialized():
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         kwargs: dict[str, Any] = {"log_to_driver": True}
-        env_vars = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}
+        env_vars = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"), **logs.quiet_progress(progress)}
+        quiet = {"env_vars": env_vars, "worker_process_setup_hook": logs.WORKER_HOOK}
         if os.environ.get("RAY_ADDRESS"):
             # a `ray job submit` driver: the job's runtime env (--working-dir) already ships the code
             pass
         elif ray_cfg.address:
             # an existing cluster reached from a checkout: ship the code with the job
             kwargs["address"] = ray_cfg.address
-            kwargs["runtime_env"] = {"working_dir": root, "env_vars": env_vars,
+            kwargs["runtime_env"] = {"working_dir": root, **quiet,
                                      "excludes": [".venv*", "lake", ".git", "*.parquet", "mlruns"]}
         else:
             # a new local cluster started here (never another session's), whose workers import this checkout
             kwargs["address"] = "local"
             kwargs["num_cpus"] = ray_cfg.num_cpus
             env_vars["PYTHONPATH"] = root + os.pathsep + os.environ.get("PYTHONPATH", "")
-            kwargs["runtime_env"] = {"env_vars": env_vars}
+            kwargs["runtime_env"] = quiet
         ray.init(**kwargs)
+    logs.quiet_ray_data()
+    logs.filter_worker_output()
+    ACTOR_OPTIONS.clear()
+    if ray_cfg.actor_max_restarts != -1:
+        # Ray 2.60 takes max_restarts only as an extra remote arg, which it marks deprecated (removal
+        # announced for 2.64); the warning would print once per stage
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", module=r"pipelines\.")
+        ACTOR_OPTIONS["max_restarts"] = ray_cfg.actor_max_restarts
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = bool(ray_cfg.progress_bars)
-    ctx.enable_operator_progress_bars = bool(ray_cfg.progress_bars)
+    ctx.enable_progress_bars = progress
+    ctx.enable_operator_progress_bars = False  # one display per stage: the dataset's total
 
 
 class LakeWriter:
@@ -175,6 +195,7 @@ def run_stage(
             c = lake.manifest(table)["counts"]
             run.log_metrics({f"status.{k}": v for k, v in c.items()} | {"rows": sum(c.values()), "cached": 1})
             return c
+        run.log_inputs({t: (lake.uri(t), spec.inputs[t]) for t in inputs})
         done = sorted(lake.done_keys(table, key)) if state == "resume" else []
         if done:
             log.info("%s: resuming, %d input rows already done", stage, len(done))
@@ -191,6 +212,7 @@ def run_stage(
                 compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
                 num_gpus=num_gpus,
                 num_cpus=num_cpus,
+                **ACTOR_OPTIONS,
             )
             # one part per stage batch: the unit a killed run does not redo
             ds = ds.map_batches(LakeWriter(lake.root, table, status_column), batch_format="pyarrow",

@@ -7,10 +7,8 @@ the key, the value and what is allowed.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import yaml
@@ -21,6 +19,7 @@ from degradations import DegradeConfig
 from evaluation.baselines import BaselineConfig
 from evaluation.metrics import EvalConfig
 from model.config import ModelConfig
+from pipelines.cli import ROOT, STAGES, parser
 from stages.caption import CaptionConfig
 from stages.crawl import CrawlConfig
 from stages.filter import FilterConfig
@@ -29,10 +28,7 @@ from stages.prior_train import PriorTrainConfig
 from stages.restore import RestoreConfig
 from stages.train_config import TrainSection
 
-ROOT = Path(__file__).resolve().parents[1]
-# the stages that exist, in DAG order
-STAGES = ("crawl", "filter", "caption", "degrade", "prior", "negatives", "train_encoder", "train_adaptor",
-          "restore", "baselines", "evaluate")
+__all__ = ["ROOT", "STAGES", "RayConfig", "RunConfig", "config_yaml", "load_config", "parse_args"]
 
 
 @dataclass
@@ -44,10 +40,19 @@ class RayConfig:
     address: str = ""
     # CPUs for a local cluster started by the pipeline (null: all)
     num_cpus: int | None = None
-    # show Ray Data progress bars
-    progress_bars: bool = True
+    # progress bars (Ray Data's and tqdm's, in the driver and the workers): true, false, or
+    # "auto": only when stderr is a terminal, so a log file gets one line per stage event instead
+    progress_bars: bool | str = "auto"
+    # restarts of a stage's Ray Data actor when it dies (-1: unlimited, Ray Data's default). Ray logs
+    # an ERROR line for each restartable actor whose arguments sit in the object store (all of Ray
+    # Data's do, ray-project/ray#53727); 0 keeps a single-machine run's log clean, and a stage whose
+    # actor died resumes from its finished parts when rerun
+    actor_max_restarts: int = -1
 
     def __post_init__(self):
+        check(self.actor_max_restarts >= -1, "ray.actor_max_restarts", self.actor_max_restarts, "an integer >= -1")
+        check(self.progress_bars in (True, False, "auto"), "ray.progress_bars", self.progress_bars,
+              'true, false or "auto"')
         check(self.num_cpus is None or self.num_cpus >= 1, "ray.num_cpus", self.num_cpus, "null or an integer >= 1")
 
 
@@ -72,12 +77,74 @@ class RunConfig:
     restore: RestoreConfig = field(default_factory=RestoreConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    # a full-scale run: refuse to start (before any work) where a stage would fall back to the tiny
+    # preset or to the CPU, and when the Ray cluster has no GPU (configs/sdxl.yaml sets it)
+    require_gpus: bool = False
 
     def __post_init__(self):
         check(isinstance(self.lake, str) and self.lake.strip() != "", "lake", self.lake,
               "a folder or URI (an empty path would be the working directory)")
         for s in self.stages:
             check(s in STAGES, "stages", s, f"stage names among {', '.join(STAGES)}")
+        if self.require_gpus:
+            check_full_scale(self)
+
+
+def _on_gpu(device: str, gpus: float) -> bool:
+    return device != "cpu" and gpus > 0
+
+
+def check_full_scale(cfg) -> None:
+    """With ``require_gpus: true``, the checks that no configured stage runs tiny or on the CPU.
+
+    ``cfg`` is a RunConfig, or pipelines/train.py's TrainRunConfig (only model and train there)."""
+    stages = set(getattr(cfg, "stages", None) or STAGES)
+    model = cfg.model
+    why = "(require_gpus: true refuses a run that would fall back to the tiny preset or the CPU)"
+    check(model.preset == "sdxl", "model.preset", model.preset, f"sdxl {why}")
+    check(model.prior not in (None, "", "train"), "model.prior", model.prior,
+          f"a local SDXL folder or file, or a hub id {why}")
+    for stage in ("encoder", "adaptor"):
+        if f"train_{stage}" in stages:
+            t = cfg.train.stage(stage)
+            check(t.use_gpu, f"train.{stage}.use_gpu", t.use_gpu, f"true {why}")
+    gpu_sections = {"caption": ("device", "num_gpus_per_actor"), "negatives": ("device", "num_gpus_per_actor"),
+                    "restore": ("device", "num_gpus_per_actor"), "baselines": ("device", "num_gpus_per_actor"),
+                    "evaluate": ("device", "num_gpus_per_actor")}
+    for name, (dev, gpus) in gpu_sections.items():
+        section = getattr(cfg, name, None)
+        if section is None or name not in stages or (name == "caption" and section.captioner != "llava"):
+            continue
+        check(getattr(section, dev) != "cpu", f"{name}.{dev}", getattr(section, dev), f"auto or cuda {why}")
+        check(getattr(section, gpus) > 0, f"{name}.{gpus}", getattr(section, gpus), f"a number > 0 {why}")
+    caption = getattr(cfg, "caption", None)
+    if caption is not None and "caption" in stages and caption.captioner == "llava":
+        check(cfg.caption.model != "tiny-random", "caption.model", cfg.caption.model, f"a LLaVA model {why}")
+
+
+def check_gpus(cfg, ray_joined: bool) -> None:
+    """With ``require_gpus: true``, refuse a run without GPUs: before anything starts, when the run
+    would start a local Ray cluster on this machine (no ray.address, no RAY_ADDRESS) and it has no
+    CUDA device; once ``ray_joined``, when the cluster offers no GPU."""
+    if not getattr(cfg, "require_gpus", False):
+        return
+    hint = ("start one with `ray up ray_cluster.yaml` and submit the run to it (README \"On a cluster\"), "
+            "or use configs/demo.yaml on a CPU")
+    if not ray_joined:
+        if os.environ.get("RAY_ADDRESS") or cfg.ray.address:
+            return  # checked once joined
+        import torch
+
+        if torch.cuda.device_count() == 0:
+            raise ConfigError("require_gpus: true (a full-scale run) refuses to start: without ray.address or "
+                              f"RAY_ADDRESS it would start a local Ray cluster, and this machine has no CUDA device; {hint}")
+        return
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus <= 0:
+        raise ConfigError(f"require_gpus: true (a full-scale run) refuses to start: the Ray cluster it joined has no "
+                          f"GPU; {hint}")
 
 
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> RunConfig:
@@ -96,7 +163,4 @@ def config_yaml(cfg: RunConfig) -> str:
 
 
 def parse_args(argv: Sequence[str] | None, description: str, default_config: str = "configs/demo.yaml"):
-    ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--config", "-c", default=str(ROOT / default_config), help="YAML run config")
-    ap.add_argument("overrides", nargs="*", help="key.path=value overrides (YAML values), e.g. filter.min_side=512")
-    return ap.parse_args(argv)
+    return parser(description, default_config).parse_args(argv)

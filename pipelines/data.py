@@ -1,11 +1,22 @@
 """Training-data stage group: filtered images -> captions, and filtered images -> degraded pairs.
 
+    python pipelines/data.py --config configs/demo.yaml [key.path=value ...]   # --help, --plan, --print-config
+
     caption   Captioner actors (LLaVA, GPU when configured) or the alt-text captioner -> `captions`
     degrade   Degrader actors (Real-ESRGAN / BSRGAN, seeded per pair) -> `pairs/degraded`
 
 Both read the kept rows of `filtered` joined with their bytes in `images`.
 """
 from __future__ import annotations
+
+if __name__ == "__main__":  # run as a script: the runner of full.py, limited to this group's stages
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # before the imports below: `--help` stays fast
+    from pipelines.full import main
+
+    sys.exit(main(only=("caption", "degrade"), name="data", description=__doc__.split("\n\n")[0]))
 
 import dataclasses
 import json

@@ -1,5 +1,7 @@
 """Evaluation stage group: pairs -> baselines, and (restorations + baselines, pairs) -> metrics.
 
+    python pipelines/evaluate.py --config configs/demo.yaml [key.path=value ...]   # --help, --plan, --print-config
+
     baselines  Baseliner actors (bicubic, Real-ESRGAN x4plus) on the ok degraded pairs -> `baselines`
     evaluate   every ok row of `restorations` and `baselines` beside its pair's HQ -> Evaluator
                actors (pyiqa) -> `metrics` (long format); then aggregates per method, degradation
@@ -12,6 +14,15 @@ without a shuffle: the driver reads only the key columns of its three inputs, pl
 images from those parts.
 """
 from __future__ import annotations
+
+if __name__ == "__main__":  # run as a script: the runner of full.py, limited to this group's stages
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # before the imports below: `--help` stays fast
+    from pipelines.full import main
+
+    sys.exit(main(only=("baselines", "evaluate"), name="evaluate", description=__doc__.split("\n\n")[0]))
 
 import hashlib
 import logging
@@ -29,8 +40,8 @@ from catalog.lake import Lake, StageSpec, code_digest
 from catalog.tracking import RunRef
 from evaluation.baselines import BASELINES_TABLE, KIND, BaselineConfig, Baseliner, degradation_label
 from evaluation.metrics import EvalConfig, check_metric_names, seed_weights
-from evaluation.report import TABLE1_SQL, table1, write_report
-from pipelines.common import Context, LakeWriter, StageActor, gpus_if_available, run_stage
+from evaluation.report import TABLE1_SQL, markdown_table, table1, write_report
+from pipelines.common import ACTOR_OPTIONS, Context, LakeWriter, StageActor, gpus_if_available, run_stage
 from stages.evaluate import Evaluator
 
 log = logging.getLogger("supir")
@@ -189,11 +200,13 @@ def run_evaluate(ctx: Context, cfg: Optional[EvalConfig] = None) -> dict[str, in
             n_blocks = max(1, min(64, work.num_rows // cfg.rows_per_batch))
             step = -(-work.num_rows // n_blocks)
             ds = ray.data.from_arrow([work.slice(i, step) for i in range(0, work.num_rows, step)])
+            # memory: a batch holds every row's HQ and restored PNGs decoded (about 400 MiB measured on
+            # the demo); requesting it keeps Ray from packing readers into an OOM and from warning
             ds = ds.map_batches(GatherImages(lake.root), batch_format="pyarrow", batch_size=cfg.rows_per_batch,
-                                num_cpus=0.1)
+                                num_cpus=0.1, memory=512 * 2**20)
             ds = ds.map_batches(StageActor, fn_constructor_args=(Evaluator, cfg), batch_size=cfg.rows_per_batch,
                                 batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=cfg.actors),
-                                num_gpus=gpus_if_available(cfg.num_gpus_per_actor))
+                                num_gpus=gpus_if_available(cfg.num_gpus_per_actor), **ACTOR_OPTIONS)
             ds = ds.map_batches(LakeWriter(lake.root, "metrics"), batch_format="pyarrow", batch_size=None,
                                 num_cpus=0.1)
             for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -217,6 +230,23 @@ def mlflow_aggregates(df) -> dict[str, float]:
         if r.status == "ok":
             out[f"{r.metric}/{r.method}/{r.degradation}"] = float(r.mean)
     return out
+
+
+def log_results(ctx: Context, run: RunRef) -> int:
+    """Table 1 on the pipeline's parent run (``<metric>/<method>/<degradation>`` means, the
+    Markdown table, metric availability), so that two pipeline runs compare side by side in the
+    UI's runs table and in ``mlflow.search_runs`` without opening their evaluate runs; also when
+    evaluate was a cache hit. Returns the number of metrics logged."""
+    lake = ctx.lake
+    if not lake.exists("metrics"):
+        return 0
+    df = table1(lake.files("metrics") if lake.local else lake.read("metrics"))
+    values = mlflow_aggregates(df)
+    run.log_metrics(values)
+    run.set_tags({f"metric_status.{m}": "ok" if (g["status"] == "ok").any() else g["status"].iloc[0]
+                  for m, g in df.groupby("metric")})
+    run.log_text(markdown_table(df, ctx.cfg.evaluate.metrics), "table1.md")
+    return len(values)
 
 
 def report_dir(ctx: Context) -> Path:

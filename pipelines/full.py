@@ -16,44 +16,41 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from catalog.config import ConfigError, digest, to_dict
-from catalog.lake import Lake, LakeError, StageSpec, code_digest
-from catalog.lake_lock import lake_lock
-from catalog.schemas import TABLES
-from catalog.tracking import Tracker
-from pipelines.common import Context, init_ray
-from pipelines.config import config_yaml, load_config, parse_args
-from pipelines.data import run_caption, run_degrade
-from pipelines.evaluate import preflight as evaluate_preflight
-from pipelines.evaluate import run_baselines, run_evaluate
-from pipelines.ingest import preflight, run_crawl, run_filter
-from pipelines.prior import TRAIN as PRIOR_TRAIN
-from pipelines.prior import resolve_model_config, run_negatives, run_prior
-from pipelines.restore import run_restore
-from pipelines.train import final_folder, run_train, storage
+from pipelines import cli
+
+# Everything else is imported inside the functions: `--help` must not wait for torch, diffusers
+# and Ray (10 s and 1.4 GB when they were imported here).
 
 log = logging.getLogger("supir")
 
 TRAINED = "trained"  # restore.model value: the model that train_adaptor of this run produced
 
 
-def _prior(ctx: Context) -> dict:
+def _prior(ctx) -> dict:
     """Stage 0 when model.prior is "train" (cached); later stages then see the trained prior's folder."""
+    from pipelines.prior import TRAIN as PRIOR_TRAIN
+    from pipelines.prior import resolve_model_config, run_prior
+
     if ctx.cfg.model.prior == PRIOR_TRAIN:
         prior = run_prior(ctx)
         ctx.cfg = dataclasses.replace(ctx.cfg, model=resolve_model_config(ctx, prior))
     return {"prior": ctx.cfg.model.prior}
 
 
-def _train(ctx: Context, stage: str) -> dict:
+def _train(ctx, stage: str) -> dict:
     """One training stage, skipped when its inputs, config and code are unchanged since it finished.
 
     A changed spec starts the stage's Ray Train run afresh; the same spec after a kill resumes it
     from its latest checkpoint (pipelines/train.py)."""
+
+    from catalog.config import digest
+    from catalog.lake import StageSpec, code_digest
+    from pipelines.train import run_train, storage
 
     _prior(ctx)
     lake, section = ctx.lake, ctx.cfg.train
@@ -73,7 +70,10 @@ def _train(ctx: Context, stage: str) -> dict:
     return summary
 
 
-def _restore(ctx: Context) -> dict:
+def _restore(ctx) -> dict:
+    from pipelines.restore import run_restore
+    from pipelines.train import final_folder
+
     _prior(ctx)
     cfg = ctx.cfg.restore
     if cfg.model == TRAINED:
@@ -81,26 +81,57 @@ def _restore(ctx: Context) -> dict:
     return run_restore(ctx, cfg)
 
 
-STAGE_RUNNERS = {
-    "crawl": run_crawl,
-    "filter": run_filter,
-    "caption": run_caption,
-    "degrade": run_degrade,
-    "prior": _prior,
-    "negatives": lambda ctx: run_negatives(ctx, _prior(ctx)["prior"]),
-    "train_encoder": lambda ctx: _train(ctx, "encoder"),
-    "train_adaptor": lambda ctx: _train(ctx, "adaptor"),
-    "restore": _restore,
-    "baselines": run_baselines,
-    "evaluate": run_evaluate,
-}
+def stage_runners() -> dict:
+    """Stage name -> runner(ctx); imported here, not at the top, to keep `--help` fast."""
+    from pipelines.data import run_caption, run_degrade
+    from pipelines.evaluate import run_baselines, run_evaluate
+    from pipelines.ingest import run_crawl, run_filter
+    from pipelines.prior import run_negatives
+
+    return {
+        "crawl": run_crawl,
+        "filter": run_filter,
+        "caption": run_caption,
+        "degrade": run_degrade,
+        "prior": _prior,
+        "negatives": lambda ctx: run_negatives(ctx, _prior(ctx)["prior"]),
+        "train_encoder": lambda ctx: _train(ctx, "encoder"),
+        "train_adaptor": lambda ctx: _train(ctx, "adaptor"),
+        "restore": _restore,
+        "baselines": run_baselines,
+        "evaluate": run_evaluate,
+    }
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args = parse_args(argv, __doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None, only: Sequence[str] | None = None, name: str = "full",
+         description: str | None = None) -> int:
+    """Run the configured stages (``only``: the subset an entry point such as ingest.py owns)."""
+    from pipelines import logs
+
+    logs.setup()
+    args = cli.parser(description or __doc__.split("\n\n")[0], stages=only or cli.STAGES).parse_args(argv)
+    from catalog.config import ConfigError, to_dict
+    from pipelines.config import check_gpus, config_yaml, load_config
+
     try:
         cfg = load_config(args.config, args.overrides)
+        if only is not None:
+            cfg.stages = [s for s in cfg.stages if s in only]
+        if args.print_config:
+            print(cli.config_text(cfg), end="")
+            return 0
+        if args.plan:
+            from pipelines.plan import plan_text
+
+            print(plan_text(cfg), end="")
+            return 0
+        check_gpus(cfg, ray_joined=False)  # before the lake or the MLflow store is created
+        from catalog.lake import Lake
+        from catalog.tracking import Tracker
+        from pipelines.common import Context
+        from pipelines.evaluate import preflight as evaluate_preflight
+        from pipelines.ingest import preflight
+
         lake = Lake(cfg.lake)
         tracker = Tracker(cfg.tracking, cfg.lake)
         ctx = Context(cfg, lake, tracker)
@@ -113,15 +144,31 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # e.g. a lake folder that cannot be created
         print(f"config error: lake {cfg.lake!r}: {e}", file=sys.stderr)
         return 2
+    import ray
+
+    from catalog.lake import LakeError
+    from catalog.lake_lock import lake_lock
+    from pipelines.common import init_ray
+
+    runners = stage_runners()
     try:
         with lake_lock(lake) as run_id:  # taken before Ray starts: an unwritable or busy lake fails here
             log.info("lake %s held by run %s", cfg.lake, run_id)
             init_ray(cfg.ray)
+            try:
+                check_gpus(cfg, ray_joined=True)
+            except ConfigError as e:
+                print(f"config error: {e}", file=sys.stderr)
+                return 2
             t0 = time.time()
             results = {}
-            with tracker.pipeline("full", to_dict(cfg), config_yaml(cfg)) as parent:
+            with tracker.pipeline(name, to_dict(cfg), config_yaml(cfg)) as parent:
                 for stage in cfg.stages:
-                    results[stage] = STAGE_RUNNERS[stage](ctx)
+                    results[stage] = runners[stage](ctx)
+                if "evaluate" in cfg.stages:
+                    from pipelines.evaluate import log_results
+
+                    log_results(ctx, parent)
                 parent.log_metrics({"seconds": time.time() - t0})
     except LakeError as e:
         print(f"lake error: {e}", file=sys.stderr)
@@ -131,15 +178,28 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"lake error: {e}", file=sys.stderr)
         return 2
+    # workers' output reaches the driver asynchronously: disconnect first so that the summary is last
+    ray.shutdown()
     print_summary(ctx, results, time.time() - t0)
     return 0
 
 
-def print_summary(ctx: Context, results: dict, seconds: float) -> None:
+def _brief(result: dict) -> str:
+    """One summary line: status counts, or a training stage's steps, loss and registered model."""
+    if "step" in result and "stage" in result:
+        loss = f", loss {result['loss']:.4g}" if isinstance(result.get("loss"), float) else ""
+        model = f", {result['model_uri']} (version {result['model_version']})" if result.get("model_uri") else ""
+        return f"steps {result.get('start_step', 0)} -> {result['step']}{loss}{model}"
+    return ", ".join(f"{k} {v}" for k, v in result.items())
+
+
+def print_summary(ctx, results: dict, seconds: float) -> None:
+    from catalog.schemas import TABLES
+
     lake = ctx.lake
     print(f"\nSUPIR pipeline finished in {seconds:.1f} s")
-    for stage, counts in results.items():
-        print(f"  {stage:8s} {counts}")
+    for stage, result in results.items():
+        print(f"  {stage:14s} {_brief(result)}")
     print(f"\nLake tables:   {lake.uri('').rstrip('/')}  ({', '.join(t for t in TABLES if lake.exists(t))})")
     if ctx.tracker.enabled:
         print(f"MLflow store:  {ctx.tracker.uri}")

@@ -1,10 +1,21 @@
 """Ingestion stage group: sources -> crawl -> images -> filter -> filtered.
 
+    python pipelines/ingest.py --config configs/demo.yaml [key.path=value ...]   # --help, --plan, --print-config
+
     sources  normalised source rows (URL lists, folders, globs, HF datasets), one part per shard
     crawl    Fetcher actors (a thread pool each) -> `images`, then a global exact-duplicate pass
     filter   Filterer actors -> `filtered`, then a global perceptual-hash near-duplicate pass
 """
 from __future__ import annotations
+
+if __name__ == "__main__":  # run as a script: the runner of full.py, limited to this group's stages
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # before the imports below: `--help` stays fast
+    from pipelines.full import main
+
+    sys.exit(main(only=("crawl", "filter"), name="ingest", description=__doc__.split("\n\n")[0]))
 
 import hashlib
 import logging

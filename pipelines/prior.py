@@ -29,6 +29,19 @@ from typing import Any, Optional, Sequence
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description="Stage 0 (train the prior) and negative-quality samples into `pairs`.")
+    ap.add_argument("--config", "-c", default=str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"),
+                    help="YAML run config (its other sections are ignored)")
+    ap.add_argument("--only", choices=["prior", "negatives"], help="run one of the two (default both)")
+    ap.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. prior_train.vae_steps=200")
+    return ap
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and bad flags answer before the imports below (torch, Ray)
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -251,12 +264,10 @@ def load_prior_config(path: Optional[str], overrides: Sequence[str] = ()) -> Pri
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipelines.common import Context, init_ray
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    ap = argparse.ArgumentParser(description="Stage 0 (train the prior) and negative-quality samples into `pairs`.")
-    ap.add_argument("--config", "-c", default=str(ROOT_DEMO), help="YAML run config (its other sections are ignored)")
-    ap.add_argument("--only", choices=["prior", "negatives"], help="run one of the two (default both)")
-    ap.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. prior_train.vae_steps=200")
-    args = ap.parse_args(argv)
+    from pipelines import logs
+
+    logs.setup()
+    args = build_parser().parse_args(argv)
     try:
         cfg = load_prior_config(args.config, args.overrides)
         lake = Lake(cfg.lake)

@@ -25,6 +25,44 @@ from typing import Any, Optional, Sequence
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="Restore a folder of photos with SUPIR into PNGs.")
+    ap.add_argument("--model", required=True, help="checkpoint folder (model/checkpoint.py) or models:/ URI")
+    ap.add_argument("--input", required=True, help="folder of images (searched recursively)")
+    ap.add_argument("--output", required=True, help="folder for the restored PNGs (same relative paths)")
+    ap.add_argument("--prior", default=None, help="load the SDXL prior from here instead of the recorded source")
+    ap.add_argument("--sampler-preset", choices=["paper", "released"],
+                    help="sampler defaults: released (what the released SUPIR-v0Q/v0F weights expect: snapped sigma, "
+                         "no restoration guidance, s_noise 1.01, 1024 size conditioning, no VAE tiling) or paper "
+                         "(default; DESIGN section 7). Explicit options override it")
+    ap.add_argument("--steps", type=int, help="sampling steps (default 50)")
+    ap.add_argument("--upscale", type=int, help="output size / input size (default 1)")
+    ap.add_argument("--min-size", type=int, help="short side raised to at least this (default 1024)")
+    ap.add_argument("--seed", type=int, help="sampling seed (default 0)")
+    ap.add_argument("--prompt", help="positive prompt appended to each image's caption")
+    ap.add_argument("--negative-prompt", help="negative-quality prompt")
+    ap.add_argument("--cfg-scale", type=float, help="CFG scale at sigma 0 (default 4.0)")
+    ap.add_argument("--tau-r", type=float, help="restoration guidance exponent, 0 = off (default: the preset's, "
+                                                 "paper 4.0, released 0)")
+    ap.add_argument("--control-scale", type=float, help="control scale (default 1.0)")
+    ap.add_argument("--color-fix", choices=["wavelet", "adain", "none"], help="colour fix (default wavelet)")
+    ap.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    ap.add_argument("--dtype", help="auto, float32, float16, bfloat16")
+    ap.add_argument("--actors", type=int, help="restoring actors, one model each (default 1)")
+    ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray cluster (default all)")
+    ap.add_argument("--lake", default="lake", help="where the default MLflow store lives (lake/mlflow.db)")
+    ap.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or the lake's)")
+    ap.add_argument("--experiment", default="supir")
+    ap.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar over sampling steps")
+    ap.add_argument("overrides", nargs="*", help="RestoreConfig overrides key.path=value, e.g. sampler.s_churn=0")
+    return ap.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and bad flags answer before the imports below (torch, diffusers, Ray)
+
 import numpy as np
 from PIL import Image
 
@@ -44,7 +82,7 @@ def restore_actors(ds, cfg: RestoreConfig, timings: bool = False):
     """``ds`` (pair_id, lq[, caption, scale]) -> RESTORATIONS rows, through an actor pool of Restorers."""
     from ray.data import ActorPoolStrategy
 
-    from pipelines.common import gpus_if_available
+    from pipelines.common import ACTOR_OPTIONS, gpus_if_available
 
     return ds.map_batches(
         Restorer,
@@ -53,6 +91,7 @@ def restore_actors(ds, cfg: RestoreConfig, timings: bool = False):
         batch_size=cfg.batch_size,
         compute=ActorPoolStrategy(min_size=1, max_size=cfg.actors),
         num_gpus=gpus_if_available(cfg.num_gpus_per_actor),
+        **ACTOR_OPTIONS,
     )
 
 
@@ -252,41 +291,7 @@ def _arr(values: list[str]):
 
 
 # ---------------------------------------------------------------------------------------------
-# command line
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description="Restore a folder of photos with SUPIR into PNGs.")
-    ap.add_argument("--model", required=True, help="checkpoint folder (model/checkpoint.py) or models:/ URI")
-    ap.add_argument("--input", required=True, help="folder of images (searched recursively)")
-    ap.add_argument("--output", required=True, help="folder for the restored PNGs (same relative paths)")
-    ap.add_argument("--prior", default=None, help="load the SDXL prior from here instead of the recorded source")
-    ap.add_argument("--sampler-preset", choices=["paper", "released"],
-                    help="sampler defaults: released (what the released SUPIR-v0Q/v0F weights expect: snapped sigma, "
-                         "no restoration guidance, s_noise 1.01, 1024 size conditioning, no VAE tiling) or paper "
-                         "(default; DESIGN section 7). Explicit options override it")
-    ap.add_argument("--steps", type=int, help="sampling steps (default 50)")
-    ap.add_argument("--upscale", type=int, help="output size / input size (default 1)")
-    ap.add_argument("--min-size", type=int, help="short side raised to at least this (default 1024)")
-    ap.add_argument("--seed", type=int, help="sampling seed (default 0)")
-    ap.add_argument("--prompt", help="positive prompt appended to each image's caption")
-    ap.add_argument("--negative-prompt", help="negative-quality prompt")
-    ap.add_argument("--cfg-scale", type=float, help="CFG scale at sigma 0 (default 4.0)")
-    ap.add_argument("--tau-r", type=float, help="restoration guidance exponent, 0 = off (default: the preset's, "
-                                                 "paper 4.0, released 0)")
-    ap.add_argument("--control-scale", type=float, help="control scale (default 1.0)")
-    ap.add_argument("--color-fix", choices=["wavelet", "adain", "none"], help="colour fix (default wavelet)")
-    ap.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    ap.add_argument("--dtype", help="auto, float32, float16, bfloat16")
-    ap.add_argument("--actors", type=int, help="restoring actors, one model each (default 1)")
-    ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray cluster (default all)")
-    ap.add_argument("--lake", default="lake", help="where the default MLflow store lives (lake/mlflow.db)")
-    ap.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or the lake's)")
-    ap.add_argument("--experiment", default="supir")
-    ap.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar over sampling steps")
-    ap.add_argument("overrides", nargs="*", help="RestoreConfig overrides key.path=value, e.g. sampler.s_churn=0")
-    return ap.parse_args(argv)
-
+# command line (parse_args: at the top, so that --help needs no heavy import)
 
 FLAG_KEYS = {"prior": "prior", "sampler_preset": "sampler.preset", "steps": "sampler.num_steps", "upscale": "upscale", "min_size": "min_size",
              "seed": "sampler.seed", "prompt": "sampler.positive_prompt",
@@ -325,7 +330,9 @@ def use_registered_model(model: str, tracking_uri: str, lake: str) -> Optional[P
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from pipelines import logs
+
+    logs.setup()
     args = parse_args(argv)
     try:
         cfg = config_from_args(args)

@@ -18,6 +18,7 @@ version of ``train.registered_model`` with aliases ``train.alias`` and the stage
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,6 +32,20 @@ from typing import Any, Optional, Sequence
 
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def build_parser():
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", "-c", default=None, help="YAML run config (lake, tracking, ray, model, train, degrade)")
+    ap.add_argument("--stage", default="all", choices=["encoder", "adaptor", "all"], help="which stage(s) to train")
+    ap.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.encoder.steps=100")
+    return ap
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and bad flags answer before the imports below (torch, Ray)
 
 import yaml
 
@@ -109,8 +124,11 @@ def train_worker(config: dict[str, Any]) -> None:
     """TorchTrainer's train_loop_per_worker: the stage loop on a RaySession."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     init_from = local_folder(config["init_from"]) if config.get("init_from") else None
-    train_loop(config["train"], config["model"], RaySession(), run=config.get("run"), init_from=init_from,
-               degrade=config.get("degrade"))
+    session, run = RaySession(), config.get("run")
+    # every rank samples its own machine (system/rank<N>/... in the stage's run)
+    with run.system_metrics(node_id=f"rank{session.rank}") if run is not None else contextlib.nullcontext():
+        train_loop(config["train"], config["model"], session, run=run, init_from=init_from,
+                   degrade=config.get("degrade"))
 
 
 def local_folder(uri: str) -> str:
@@ -196,7 +214,7 @@ def _exists(lake: Lake, path: str) -> bool:
 def make_trainer(cfg: TrainConfig, model_cfg: ModelConfig, run_name: str, storage_path: str, dataset,
                  run: Optional[RunRef], init_from: Optional[str], degrade: Any = None):
     """The TorchTrainer of one stage (resources live here, STYLE item 7)."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     return TorchTrainer(
@@ -207,7 +225,10 @@ def make_trainer(cfg: TrainConfig, model_cfg: ModelConfig, run_name: str, storag
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(name=run_name, storage_path=storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             # Ray Train's INFO lines (worker group started, each checkpoint reported) stay
+                             # in its log files under the Ray session; the console gets warnings and errors
+                             logging_config=LoggingConfig(log_level="WARNING")),
         datasets={"train": dataset},
         dataset_config=DataConfig(datasets_to_split=[]),
     )
@@ -242,14 +263,17 @@ def run_train(ctx, stage: str) -> dict[str, Any]:
         run.log_metrics({"final_loss": m.get("loss") or float("nan"), "start_step": summary["start_step"],
                          "train_seconds": seconds})
         if result.checkpoint is not None:
-            summary.update(publish(result.checkpoint, lake, section, stage, cfg, model_cfg, run))
+            summary.update(publish(result.checkpoint, lake, section, stage, cfg, model_cfg, run,
+                                   getattr(ctx.cfg, "restore", None)))
     return summary
 
 
 def publish(checkpoint, lake: Lake, section: TrainSection, stage: str, cfg: TrainConfig, model_cfg: ModelConfig,
-            run: RunRef) -> dict[str, Any]:
+            run: RunRef, restore: Any = None) -> dict[str, Any]:
     """The final model: EMA weights when trained with EMA, kept in <lake>/train/<name>-<stage>/final,
-    logged to MLflow as ``model/`` with the configs, registered with the aliases."""
+    logged to MLflow as ``model/`` (a pyfunc model whose artifact is the checkpoint folder with its
+    configs; ``restore``, the run's RestoreConfig, gives its default restore options), registered
+    with the aliases."""
     import pyarrow.fs as pafs
 
     with tempfile.TemporaryDirectory(prefix="supir-final-") as d:
@@ -266,7 +290,12 @@ def publish(checkpoint, lake: Lake, section: TrainSection, stage: str, cfg: Trai
         pafs.copy_files(str(model_dir), dest, destination_filesystem=lake.fs)
         out: dict[str, Any] = {"final": final, "model_version": None}
         if run.enabled:
-            run.client().log_artifacts(run.run_id, str(model_dir), "model")
+            from stages.restore import RestoreConfig
+            from stages.restore_pyfunc import save_pyfunc
+
+            options = to_dict(restore if restore is not None else RestoreConfig())
+            pyfunc_dir = save_pyfunc(model_dir, Path(d) / "pyfunc", options)
+            run.client().log_artifacts(run.run_id, str(pyfunc_dir), "model")
             if section.registered_model:
                 aliases = [a for a in (section.alias, stage) if a]
                 out["model_version"] = register_model(run, section.registered_model, aliases)
@@ -301,34 +330,43 @@ class TrainRunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainSection = field(default_factory=TrainSection)
     degrade: Any = None
+    require_gpus: bool = False  # see pipelines/config.py RunConfig.require_gpus
 
 
 def load_train_config(path: Optional[str], overrides: Sequence[str] = ()) -> TrainRunConfig:
-    from pipelines.config import RayConfig
     from degradations import DegradeConfig
+    from pipelines.config import RayConfig, check_full_scale
 
     data = apply_overrides(load_yaml(path) if path else {}, overrides)
-    return TrainRunConfig(
+    cfg = TrainRunConfig(
         lake=str(data.get("lake", "lake")),
         tracking=from_dict(TrackingConfig, data.get("tracking"), prefix="tracking"),
         ray=from_dict(RayConfig, data.get("ray"), prefix="ray"),
         model=from_dict(ModelConfig, data.get("model"), prefix="model"),
         train=from_dict(TrainSection, data.get("train"), prefix="train"),
         degrade=from_dict(DegradeConfig, data.get("degrade"), prefix="degrade"),
+        require_gpus=from_dict(_RequireGpus, {"require_gpus": data.get("require_gpus", False)}).require_gpus,
     )
+    if cfg.require_gpus:
+        check_full_scale(cfg)
+    return cfg
+
+
+@dataclass
+class _RequireGpus:
+    require_gpus: bool = False
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    import argparse
+    from pipelines import logs
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", "-c", default=None, help="YAML run config (lake, tracking, ray, model, train, degrade)")
-    ap.add_argument("--stage", default="all", choices=[*STAGES, "all"], help="which stage(s) to train")
-    ap.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.encoder.steps=100")
-    args = ap.parse_args(argv)
+    logs.setup()
+    args = build_parser().parse_args(argv)
     try:
         cfg = load_train_config(args.config, args.overrides)
+        from pipelines.config import check_gpus
+
+        check_gpus(cfg, ray_joined=False)  # before the lake or the MLflow store is created
         lake = Lake(cfg.lake)
         tracker = Tracker(cfg.tracking, cfg.lake)
     except (ConfigError, ValueError) as e:
@@ -337,10 +375,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from catalog.lake import LakeError
     from catalog.lake_lock import lake_lock
     from pipelines.common import Context, init_ray
+    from pipelines.config import check_gpus
 
     try:
         with lake_lock(lake):  # one writer per lake
             init_ray(cfg.ray)
+            try:
+                check_gpus(cfg, ray_joined=True)
+            except ConfigError as e:
+                print(f"config error: {e}", file=sys.stderr)
+                return 2
             ctx = Context(cfg, lake, tracker)
             stages = list(STAGES) if args.stage == "all" else [args.stage]
             with tracker.pipeline("train", to_dict(cfg), yaml.safe_dump(to_dict(cfg), sort_keys=False)):

@@ -85,7 +85,8 @@ class CrawlConfig:
     retries: int = 2
     """Extra attempts after a 5xx, 429, timeout or broken connection (never after a 4xx)."""
     backoff_s: float = 0.5
-    """Wait before retry k (0-based) is backoff_s * 2**k."""
+    """Wait before retry k (0-based) is backoff_s * 2**k, times a random factor in [1, 1.5) so
+    that threads and workers do not retry in step; at least the server's Retry-After."""
     max_bytes: int = 32 * 1024 * 1024
     """Largest accepted body (bytes); larger is too_large, by Content-Length or while streaming."""
     max_pixels: int = 80_000_000
@@ -100,8 +101,16 @@ class CrawlConfig:
     ``hf:`` datasets named in ``sources``."""
     allow_private_addresses: bool = False
     """Allow private, loopback, link-local and reserved addresses (tests serve from loopback)."""
-    user_agent: str = "supir-pipeline/0.1 (research image crawler)"
-    """User-Agent header of every request."""
+    user_agent: str = "supir-pipeline/0.1 (SUPIR image restoration research crawler; honours X-Robots-Tag noai)"
+    """User-Agent header of every request: name the project (and a contact URL when you run a
+    public crawl). Its first word before "/" is the token X-Robots-Tag lines may address
+    (``supir-pipeline: noai``)."""
+    opt_out_directives: list[str] = field(default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"])
+    """X-Robots-Tag directives that make a response ``opted_out`` (img2dataset's defaults), for
+    lines without a user-agent token or addressed to ours; [] ignores the header."""
+    max_retry_after_s: float = 60.0
+    """Longest Retry-After (429, 503) a download waits for; a longer one gives up at once
+    (http_error, the wait in the error) instead of holding a download thread."""
     fast_jpeg_verify: bool = True
     """Verify JPEGs with libjpeg's 1/8-scale decode: every entropy-coded block is still decoded,
     so truncated or corrupt streams fail exactly as in a full decode, at about half the CPU (only
@@ -129,7 +138,10 @@ class CrawlConfig:
         for name in ("retries", "max_redirects"):
             value = getattr(self, name)
             check(isinstance(value, int) and value >= 0, f"crawl.{name}", value, "an integer >= 0")
-        for name in ("timeout_s", "download_timeout_s", "cpus_per_worker"):
+        check(isinstance(self.opt_out_directives, list) and all(isinstance(d, str) and d.strip() and d == d.lower()
+                                                                 for d in self.opt_out_directives),
+              "crawl.opt_out_directives", self.opt_out_directives, "a list of lower-case directives, e.g. [noai]")
+        for name in ("timeout_s", "download_timeout_s", "cpus_per_worker", "max_retry_after_s"):
             value = getattr(self, name)
             check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"crawl.{name}", value,
                   "a finite number > 0")

@@ -9,10 +9,16 @@ Private, loopback, link-local, reserved and multicast addresses are refused twic
 connecting (every address the host name resolves to) and after connecting (the peer address of
 the socket, so a DNS answer that changes between the two lookups cannot slip through). Each
 redirect hop goes through the same check, because redirects are followed here, not by urllib3.
+
+Manners (as img2dataset's): a response whose X-Robots-Tag opts out of AI use or indexing for all
+crawlers or for ours (``crawl.opt_out_directives``) is ``opted_out`` and its body is not read; the
+User-Agent names the project; 429 and 503 wait for their Retry-After (up to
+``crawl.max_retry_after_s``), other retries back off exponentially with jitter.
 """
 from __future__ import annotations
 
 import ipaddress
+import random
 import socket
 import threading
 import time
@@ -42,11 +48,45 @@ CHUNK = 1 << 16
 
 
 class FetchError(Exception):
-    """A URL failed with one of catalog.schemas.IMAGE_STATUSES; ``retry`` if it may be transient."""
+    """A URL failed with one of catalog.schemas.IMAGE_STATUSES; ``retry`` if it may be transient,
+    ``retry_after`` the seconds a 429/503 response asked for (None: not given)."""
 
-    def __init__(self, status: str, error: str, http_status: int | None = None, retry: bool = False):
+    def __init__(self, status: str, error: str, http_status: int | None = None, retry: bool = False,
+                 retry_after: float | None = None):
         super().__init__(f"{status}: {error}")
         self.status, self.error, self.http_status, self.retry = status, error, http_status, retry
+        self.retry_after = retry_after
+
+
+# X-Robots-Tag directives that carry a value after a colon (not a user-agent token before one)
+VALUED_DIRECTIVES = {"max-snippet", "max-image-preview", "max-video-preview", "unavailable_after"}
+
+
+def opted_out(values: list[str], token: str, directives: list[str]) -> str | None:
+    """The X-Robots-Tag value that opts out of ``directives`` for us, or None.
+
+    A value is ``directive, directive`` (for every crawler) or ``token: directive, ...`` (for the
+    crawler whose User-Agent token is ``token``); directives compare case-insensitively."""
+    wanted = set(directives)
+    for value in values:
+        ua, sep, rest = value.partition(":")
+        addressed = sep and "," not in ua and ua.strip().lower() not in VALUED_DIRECTIVES
+        if addressed and ua.strip().lower() not in (token.lower(), "*"):
+            continue
+        said = {d.strip().lower() for d in (rest if addressed else value).split(",")}
+        if said & wanted:
+            return value
+    return None
+
+
+def retry_after(header: str | None) -> float | None:
+    """Seconds from a Retry-After header (delay seconds or an HTTP date; urllib3's parser)."""
+    if not header:
+        return None
+    try:
+        return urllib3.util.Retry().parse_retry_after(header)
+    except urllib3.exceptions.InvalidHeader:
+        return None
 
 
 class ForbiddenAddress(Exception):
@@ -215,6 +255,8 @@ class HttpClient:
 
     def __init__(self, cfg: CrawlConfig):
         self.cfg = cfg
+        self.token = cfg.user_agent.split("/", 1)[0].split()[0]  # the product name X-Robots-Tag lines address
+        self.jitter = random.Random()  # backoff jitter: deliberately not seeded, threads must not retry in step
         self.pool = urllib3.PoolManager(
             num_pools=64,
             maxsize=max(cfg.threads, 1),
@@ -237,8 +279,16 @@ class HttpClient:
             except FetchError as e:
                 if not e.retry or attempt == cfg.retries:
                     raise
-            time.sleep(cfg.backoff_s * (2**attempt))
+                if e.retry_after is not None and e.retry_after > cfg.max_retry_after_s:
+                    raise FetchError(e.status, f"{e.error}; Retry-After {e.retry_after:.0f}s > max_retry_after_s "
+                                     f"{cfg.max_retry_after_s:g}", e.http_status) from None
+                wait = max(self.backoff(attempt), e.retry_after or 0.0)
+            time.sleep(wait)
         raise AssertionError("unreachable")
+
+    def backoff(self, attempt: int) -> float:
+        """backoff_s * 2**attempt, jittered up by a factor in [1, 1.5) (never shorter than documented)."""
+        return self.cfg.backoff_s * (2**attempt) * (1.0 + 0.5 * self.jitter.random())
 
     def _follow(self, url: str) -> Download:
         for _ in range(self.cfg.max_redirects + 1):
@@ -290,9 +340,13 @@ class HttpClient:
                     raise FetchError("bad_url", f"redirect to a non-http(s) URL: {target}", status)
                 return target
             if status == 429 or status >= 500:
-                raise FetchError("http_error", f"HTTP {status}", status, retry=True)
+                wait = retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
+                raise FetchError("http_error", f"HTTP {status}", status, retry=True, retry_after=wait)
             if status >= 300:
                 raise FetchError("http_error", f"HTTP {status}", status)
+            robots = opted_out(response.headers.getlist("X-Robots-Tag"), self.token, cfg.opt_out_directives)
+            if robots is not None:
+                raise FetchError("opted_out", f"X-Robots-Tag: {robots}", status)
             content_type = response.headers.get("Content-Type")
             if content_type and content_type.split(";")[0].strip().lower().startswith("text/"):
                 raise FetchError("not_image", f"content-type {content_type}", status)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 import uuid
@@ -460,7 +461,8 @@ def train_vae(vae, crops: CropSampler, cfg: PriorTrainConfig, heldout: torch.Ten
     params, opt, amp = _start_training(vae, cfg.vae_lr, cfg)
     losses: list[float] = []
     t0 = time.time()
-    for step in tqdm(range(cfg.vae_steps), desc="stage 0: VAE", disable=not cfg.progress):
+    for step in tqdm(range(cfg.vae_steps), desc="stage 0: VAE",
+                     disable=not cfg.progress or bool(os.environ.get("TQDM_DISABLE"))):  # off in logs
         x, _ = crops(cfg.batch_size)
         if cfg.recolor > 0:
             x = recolor(x, cfg.recolor, generator)
@@ -577,7 +579,8 @@ def train_unet(model: PriorModel, crops: CropSampler, captions: Sequence[str], c
     params, opt, amp = _start_training(unet, cfg.unet_lr, cfg)
     losses: list[float] = []
     t0 = time.time()
-    for step in tqdm(range(cfg.unet_steps), desc="stage 0: UNet", disable=not cfg.progress):
+    for step in tqdm(range(cfg.unet_steps), desc="stage 0: UNet",
+                     disable=not cfg.progress or bool(os.environ.get("TQDM_DISABLE"))):  # off in logs
         x, idx = crops(cfg.batch_size)
         b = len(idx)
         u = torch.rand((2, b), generator=g)

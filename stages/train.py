@@ -368,7 +368,8 @@ def train_loop(cfg: TrainConfig, model_cfg: ModelConfig, session: Session, run=N
 
     loss_value = float("nan")
     losses: dict[int, float] = {}
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.stage}", disable=not (cfg.progress and rank == 0))
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.stage}",
+               disable=not (cfg.progress and rank == 0) or bool(os.environ.get("TQDM_DISABLE")))  # off in logs
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
         batch = data.batch(step).to(device)
@@ -388,11 +389,11 @@ def train_loop(cfg: TrainConfig, model_cfg: ModelConfig, session: Session, run=N
         metric_log.log(metrics, step=done)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4g}")
-        if cfg.stage == "adaptor" and cfg.sample_every and done % cfg.sample_every == 0:
+        if cfg.stage == "adaptor" and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 grid = sample_grid(model, cfg, data, device)
-            if log_run is not None:
-                log_run.log_image(grid, f"samples/step_{done:07d}.png")
+            if log_run is not None:  # key + step: the UI's image step slider
+                log_run.log_image(grid, "samples", step=done)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             metric_log.flush()
             report_and_checkpoint(session, {"step": done, "start_step": start, "loss": loss_value,

@@ -77,8 +77,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """Checkpoints kept in storage (the newest)."""
 
-    sample_every: int = 0
-    """Stage 2: log sample restorations (LQ | restored | HQ grid) every this many steps (0: off)."""
+    sample_every: int = 500
+    """Stage 2: log sample restorations (LQ | restored | HQ grid) every this many steps and at the
+    last step, as MLflow images under the key ``samples`` (0: off)."""
 
     sample_steps: int = 20
     """Sampler steps of those sample restorations."""

@@ -39,6 +39,20 @@ def test_ray_cluster_yaml_passes_rays_schema():
         validate_config(prepare_config(bad))
 
 
+def test_ray_cluster_yaml_runs_mlflow_on_the_head_and_fails_on_the_bucket_placeholder(tmp_path):
+    import subprocess
+
+    text = (ROOT / "ray_cluster.yaml").read_text()
+    config = yaml.safe_load(text)
+    head = " ; ".join(config["head_start_ray_commands"])
+    assert "mlflow server --host 0.0.0.0 --port 5000" in head and "--artifacts-destination s3://" in head
+    assert not any("|| true" in c for c in config["setup_commands"])  # a failed bucket sync fails the setup
+    guard = next(c for c in config["setup_commands"] if c.startswith("case "))
+    assert subprocess.run(["bash", "-c", guard], capture_output=True).returncode == 1  # as shipped: refused
+    mine = guard.replace("s3://my-bucket", "s3://lab-data")  # what the header tells the user to do
+    assert subprocess.run(["bash", "-c", mine], capture_output=True).returncode == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # two nodes: a head and a worker with a custom resource
 

@@ -188,3 +188,46 @@ def test_restore_cli_refuses_before_ray(tmp_path, capsys):
     rc = main(["--model", str(tmp_path / "missing"), "--input", str(src), "--output", str(tmp_path / "out"),
                "--no-tracking"])
     assert rc == 2 and "no checkpoint folder" in capsys.readouterr().err
+
+
+def test_registered_pyfunc_model_restores_through_mlflow(checkpoint, tmp_path, monkeypatch):
+    """The registered model is an MLflow pyfunc with a signature: `load_model("models:/...@champion")
+    .predict(df)` gives exactly the Restorer's restoration of the same image."""
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from catalog.config import to_dict
+    from stages.restore_pyfunc import save_pyfunc
+
+    options = to_dict(RestoreConfig(model="-", device="cpu", **dict(FAST, min_size=128, sampler=SamplerConfig(num_steps=2))))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    saved = save_pyfunc(checkpoint, tmp_path / "pyfunc", options)
+    assert (saved / "MLmodel").is_file() and not list(saved.rglob("*.pkl"))  # models from code: nothing unpickled
+    client.log_artifacts(run_id, str(saved), "model")
+    client.create_registered_model("supir-test")
+    version = client.create_model_version("supir-test", f"{client.get_run(run_id).info.artifact_uri}/model", run_id)
+    client.set_registered_model_alias("supir-test", "champion", version.version)
+
+    image = photo(5, (64, 48))
+    previous = mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # set_tracking_uri writes the variable: undone at teardown
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = mlflow.pyfunc.load_model("models:/supir-test@champion")
+        out = model.predict(pd.DataFrame({"image": [image], "caption": ["a photo"]}))
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert [c.name for c in model.metadata.get_input_schema().inputs] == ["image", "caption"]
+    assert list(out.columns) == ["restored", "width", "height"] and (out["width"][0], out["height"][0]) == (64, 48)
+
+    import hashlib
+
+    direct = Restorer(RestoreConfig(**{**options, "model": str(checkpoint), "sampler": SamplerConfig(num_steps=2),
+                                       "tiling": TilingConfig()}))
+    expected = direct.restore(Image.open(io.BytesIO(image)).convert("RGB"), hashlib.sha256(image).hexdigest()[:16],
+                              "a photo")
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(out["restored"][0]))), np.asarray(expected))

@@ -1,0 +1,138 @@
+"""``--plan``: what a run would do, read from the config and the lake, without running anything.
+
+For each configured stage, in DAG order: the Ray resources pipelines/ would ask for, and what the
+lake already holds for it (a finished manifest, a started-but-unfinished run that would resume,
+or nothing). Whether a finished stage is a cache hit depends on its inputs, config and code;
+where the plan can tell that the config or the code changed since, it says so. Reads the lake's
+manifests only: no Ray, no MLflow, no model is loaded, nothing is written.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pipelines.cli import DAG
+
+# stage -> the table whose manifest records that the stage finished
+TABLES = {
+    "crawl": "images", "filter": "filtered", "caption": "captions", "degrade": "pairs/degraded",
+    "prior": None, "negatives": "pairs/negative", "train_encoder": "_stages/train_encoder",
+    "train_adaptor": "_stages/train_adaptor", "restore": "restorations", "baselines": "baselines",
+    "evaluate": "metrics",
+}
+
+
+def _gpu(n: float) -> str:
+    return f" + {n:g} GPU" if n else ""
+
+
+def resources(cfg: Any, stage: str) -> str:
+    """The Ray resources pipelines/ request for ``stage`` under ``cfg`` (a RunConfig)."""
+    if stage == "crawl":
+        c = cfg.crawl
+        return f"{c.workers} Fetcher actors x {c.cpus_per_worker:g} CPU, {c.threads} download threads each"
+    if stage == "filter":
+        c = cfg.filter
+        return f"{c.workers} Filterer actors x 1 CPU{_gpu(c.num_gpus if c.iqa else 0)}"
+    if stage == "caption":
+        c = cfg.caption
+        gpus = c.num_gpus_per_actor if c.captioner == "llava" else 0
+        model = c.model if c.captioner == "llava" else "alt text"
+        return f"{c.actors} Captioner actors x 1 CPU{_gpu(gpus)} ({model}, batch {c.batch_size}, {c.device})"
+    if stage == "degrade":
+        return f"{cfg.degrade.workers} Degrader actors x 1 CPU (batch {cfg.degrade.batch_size})"
+    if stage == "prior":
+        if cfg.model.prior == "train":
+            return f"1 Ray task x 1 CPU: stage 0 trains the {cfg.model.preset} prior"
+        return f"none: loads the prior {cfg.model.prior}"
+    if stage == "negatives":
+        c = cfg.negatives
+        return f"{c.actors} Negatives actors x 1 CPU{_gpu(c.num_gpus_per_actor)} ({c.device}, {c.num_steps} steps)"
+    if stage.startswith("train_"):
+        t = cfg.train.stage(stage.removeprefix("train_"))
+        gpu = " + 1 GPU" if t.use_gpu else ""
+        return (f"{t.num_workers} Ray Train workers x {t.cpus_per_worker:g} CPU{gpu} ({t.strategy}, "
+                f"batch {t.batch_size}/worker, {t.steps} steps, {t.crop_size} px)")
+    if stage == "restore":
+        c = cfg.restore
+        return f"{c.actors} Restorer actors x 1 CPU{_gpu(c.num_gpus_per_actor)} ({c.device}, model {c.model})"
+    if stage == "baselines":
+        c = cfg.baselines
+        gpu = f"{_gpu(c.num_gpus_per_actor)} when the cluster has GPUs" if c.num_gpus_per_actor else ""
+        return f"{c.actors} Baseliner actors x 1 CPU{gpu}"
+    if stage == "evaluate":
+        c = cfg.evaluate
+        return f"{c.actors} Evaluator actors x 1 CPU{_gpu(c.num_gpus_per_actor)} ({', '.join(c.metrics)})"
+    raise KeyError(stage)
+
+
+def _config_digest(cfg: Any, stage: str) -> str | None:
+    """The config digest a stage writes into its spec, where it is the plain config section."""
+    from catalog.config import digest
+
+    if stage in ("crawl", "filter", "degrade", "baselines", "evaluate"):
+        return digest(getattr(cfg, stage))
+    if stage.startswith("train_"):
+        s = stage.removeprefix("train_")
+        return digest({"train": cfg.train.stage(s), "model": cfg.model, "name": cfg.train.name})
+    return None  # caption, negatives and restore digest a section resolved at run time
+
+
+def cache_state(cfg: Any, lake_root: str, stage: str) -> str:
+    """What the lake at ``lake_root`` holds for ``stage``, read from its manifests."""
+    import pyarrow.fs as pafs
+
+    table = TABLES[stage]
+    if table is None:
+        return "run at start of the stages that need it (cached in <lake>/priors/ by data, config and code)"
+    if "://" in lake_root and not lake_root.startswith("file://"):
+        fs, base = pafs.FileSystem.from_uri(lake_root)
+    else:
+        fs, base = pafs.LocalFileSystem(), lake_root.removeprefix("file://")
+
+    def read(name: str) -> dict | None:
+        path = f"{base.rstrip('/')}/{table}/{name}"
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read())
+
+    manifest = read("_manifest.json")
+    if manifest is None:
+        return "started, will resume from its finished parts" if read("_started.json") else "not run: runs"
+    spec = manifest.get("spec", {})
+    done = f"done ({manifest.get('rows', '?')} rows, {str(manifest.get('completed_at', ''))[:19]})"
+    want = _config_digest(cfg, stage)
+    if want is not None and spec.get("config") != want:
+        return done + "; config changed since: reruns"
+    code = _code_digest(stage)
+    if code is not None and spec.get("code") != code:
+        return done + "; code changed since: reruns"
+    return done + "; cached unless its inputs changed"
+
+
+def _code_digest(stage: str) -> str | None:
+    from catalog.lake import code_digest
+
+    modules = {"crawl": "stages.crawl", "filter": "stages.filter", "degrade": "stages.degrade",
+               "baselines": "evaluation.baselines", "train_encoder": "stages.train", "train_adaptor": "stages.train"}
+    return code_digest(modules[stage]) if stage in modules else None
+
+
+def plan_text(cfg: Any) -> str:
+    """The plan of a run of ``cfg`` (a RunConfig) as text."""
+    import os
+
+    lines = ["DAG:", DAG, "", f"lake: {cfg.lake}"]
+    local = "://" not in cfg.lake or cfg.lake.startswith("file://")
+    exists = (not local) or os.path.isdir(cfg.lake.removeprefix("file://"))
+    if not exists:
+        lines.append("  (does not exist yet: every stage runs)")
+    if getattr(cfg, "require_gpus", False):
+        lines.append("require_gpus: true (refuses to start on a Ray cluster without GPUs)")
+    lines += ["", f"stages ({len(cfg.stages)}):"]
+    for stage in cfg.stages:
+        lines.append(f"  {stage}")
+        lines.append(f"    resources: {resources(cfg, stage)}")
+        lines.append(f"    lake:      {cache_state(cfg, cfg.lake, stage) if exists else 'not run: runs'}")
+    return "\n".join(lines) + "\n"
