@@ -75,7 +75,8 @@ with warnings.catch_warnings():
             for data, caption in zip(model_input["image"], captions):
                 data = bytes(data)
                 key = hashlib.sha256(data).hexdigest()[:16]  # the noise seed follows the image, not its row
-                img = self.restorer.restore(decode_image(data), key, caption if isinstance(caption, str) else None)
+                decoded = decode_image(data, self.restorer.cfg.max_pixels)  # a DecodeError names what is wrong
+                img = self.restorer.restore(decoded.image, key, caption if isinstance(caption, str) else None)
                 out["restored"].append(encode_png(img))
                 out["width"].append(img.width)
                 out["height"].append(img.height)
