@@ -440,7 +440,6 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cfg: S
 def seeded_generator(seed: int, key: str = "") -> torch.Generator:
     """A CPU generator seeded by (run seed, content key), so an image's noise does not depend on its
     batch or on the device (noise is drawn on the CPU and moved)."""
-    import hashlib
+    from catalog.seeds import generator
 
-    s = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:16], 16) >> 1
-    return torch.Generator("cpu").manual_seed(s)
+    return generator(seed, key)

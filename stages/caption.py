@@ -19,7 +19,6 @@ crawled).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from transformers.generation import TemperatureLogitsWarper, TopPLogitsWarper
 from catalog import codec
 from catalog.batches import numpy_batch
 from catalog.config import check
+from catalog.seeds import seed_of
 from model.devices import TORCH_DTYPES, resolve_device, resolve_dtype
 
 SUPIR_PROMPT = "Describe this image and its style in a very detailed manner."
@@ -137,7 +137,7 @@ def decode_image(data: bytes, side: int) -> Image.Image:
 
 def row_seed(seed: int, image_id: str) -> int:
     """A 63-bit seed from (run seed, content key): a caption does not depend on its batch."""
-    return int(hashlib.sha256(f"{seed}:{image_id}".encode()).hexdigest()[:16], 16) >> 1
+    return seed_of(seed, image_id)
 
 
 class SeededSampler(LogitsProcessor):

@@ -13,7 +13,6 @@ No Ray here: pipelines/train.py hands the rows of a Ray Data shard to :class:`Tr
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -23,17 +22,9 @@ import torch
 from PIL import Image
 
 from catalog import codec
+from catalog.seeds import generator, seed_of  # noqa: F401 - seed_of: pipelines/train.py shards by it
 
 TRAIN_COLUMNS = ("pair_id", "image_id", "kind", "hq", "lq", "caption", "params")
-
-
-def seed_of(*parts: Any) -> int:
-    """A 63-bit seed from any key parts (stable across processes, unlike hash())."""
-    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:16], 16) >> 1
-
-
-def generator(*parts: Any) -> torch.Generator:
-    return torch.Generator("cpu").manual_seed(seed_of(*parts))
 
 
 def join_captions(rows: Iterable[Mapping[str, Any]], captions: Mapping[str, str]) -> list[dict[str, Any]]:
