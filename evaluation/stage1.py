@@ -12,21 +12,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR of images in [-1, 1] (peak-to-peak 2); ``a`` is clamped to that range first."""
-    return float(10 * torch.log10(4.0 / ((a.clamp(-1, 1) - b) ** 2).mean()))
+from model.images import psnr
 
 
 def pair_tensors(rows: Sequence[Mapping[str, Any]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`pairs` rows -> (HQ, LQ upscaled bicubic to the HQ size) tensors; the LQ is also the bicubic baseline."""
     from catalog import codec
-    from stages.restore import to_tensor
-    from stages.train_data import decode
+    from model.images import to_tensor
 
     out = []
     for row in rows:
-        hq = decode(row["hq"])
+        hq = codec.decode_array(bytes(row["hq"]))
         lq = codec.decode_rgb(bytes(row["lq"])).resize((hq.shape[1], hq.shape[0]), Image.Resampling.BICUBIC)
         out.append((to_tensor(hq), to_tensor(lq)))
     return out
@@ -42,5 +38,5 @@ def stage1_scores(model, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> 
         restored = model.decode(model.encode_lq(lq)).float()
         for key, a, b in (("bicubic", lq, hq), ("vae_ceiling", ceiling, hq), ("edr", restored, hq),
                           ("edr_vs_ceiling", restored, ceiling)):
-            scores[key].append(psnr(a, b))
+            scores[key].append(float(psnr(a, b).mean()))
     return {k: round(float(np.mean(v)), 3) for k, v in scores.items()}

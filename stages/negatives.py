@@ -54,7 +54,8 @@ from model.prior import SDXLPrior, latent_shape, load_prior
 from model.sampler import GuidedDenoiser, SamplerConfig, sample, sampling_sigmas, seeded_generator
 from catalog.batches import numpy_batch
 from stages.degrade import PAIR_COLUMNS, PAIR_DTYPES, decode_rgb, encode_png
-from stages.prior_train import NEGATIVE_QUALITY_PROMPT, PriorModel, psnr
+from model.images import psnr, to_model_range
+from stages.prior_train import NEGATIVE_QUALITY_PROMPT, PriorModel
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +199,6 @@ def sdedit(model: PriorModel, images: torch.Tensor, noise: torch.Tensor, cfg: Ne
 # ---------------------------------------------------------------------------------------------
 # the stage callable
 
-def _to_tensor(crop: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(crop.copy()).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, H, W) in [-1, 1]
-
-
 def _crop_position(key: str, seed: int, h: int, w: int, size: int) -> tuple[int, int]:
     g = seeded_generator(seed, f"crop:{key}")
     return int(torch.randint(h - size + 1, (), generator=g)), int(torch.randint(w - size + 1, (), generator=g))
@@ -264,7 +261,7 @@ class NegativeMaker:
                     h, w = img.shape[:2]
                     top, left = _crop_position(pair_id, cfg.seed, h, w, cfg.crop_size)
                     rows[-1]["_crop"] = [top, left]
-                    todo.append((len(rows) - 1, _to_tensor(img[top : top + cfg.crop_size, left : left + cfg.crop_size])))
+                    todo.append((len(rows) - 1, to_model_range(img[top : top + cfg.crop_size, left : left + cfg.crop_size])))
         for start in range(0, len(todo), cfg.micro_batch):
             self._make(rows, todo[start : start + cfg.micro_batch])
         return numpy_batch({c: [r[c] for r in rows] for c in PAIR_COLUMNS}, PAIR_DTYPES)

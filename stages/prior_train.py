@@ -43,6 +43,7 @@ from catalog import codec
 from catalog.config import check, check_prob, to_dict
 from model.config import ModelConfig
 from model.devices import resolve_device
+from model.images import psnr, to_model_range, to_pil
 from model.prior import SDXLPrior, build_prior, latent_shape, save_prior
 from model.sampler import (Conditioning, GuidedDenoiser, SamplerConfig, discrete_sigmas,
                            sample, sampling_sigmas)
@@ -264,11 +265,6 @@ def decode_images(images: Sequence[bytes | np.ndarray]) -> list[np.ndarray | Non
     return out
 
 
-def to_model_range(crop: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) float32 in [-1, 1]."""
-    return torch.from_numpy(crop.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
-
-
 def split_holdout(n: int, holdout: int) -> tuple[list[int], list[int]]:
     """(train, held-out) image indices: the last ``holdout`` images are held out, but never all of them."""
     holdout = min(holdout, max(n - 1, 0))
@@ -351,13 +347,6 @@ def recolor(x: torch.Tensor, prob: float, generator: Optional[torch.Generator] =
             permuted = x[i, torch.randperm(x.shape[1], generator=generator)]
             out[i] = low + (permuted + 1) / 2 * width
     return out
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (dB) of images in [-1, 1], on the 8-bit grid they would be saved on: (B,)."""
-    q = lambda t: ((t.float().clamp(-1, 1) + 1) * 127.5).round()  # noqa: E731
-    mse = (q(x) - q(y)).pow(2).flatten(1).mean(1).clamp(min=1e-10)
-    return 10 * torch.log10(255.0 ** 2 / mse)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -626,12 +615,6 @@ def generate(model: PriorModel, prompts: Sequence[str], size: int, steps: int, s
 def total_variation(x: torch.Tensor) -> float:
     """Mean absolute difference of neighbouring pixels of images in [-1, 1] (a texture statistic)."""
     return float((x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()) / 2
-
-
-def to_pil(x: torch.Tensor) -> Image.Image:
-    """(3, H, W) in [-1, 1] -> RGB image."""
-    arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(arr)
 
 
 # ---------------------------------------------------------------------------------------------

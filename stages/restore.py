@@ -36,6 +36,7 @@ from catalog.batches import numpy_batch
 from catalog.config import check, digest, to_dict
 from model.colorfix import COLOR_FIXES, color_fix
 from model.devices import TORCH_DTYPES, resolve_device, resolve_dtype
+from model.images import to_pil, to_tensor
 from model.sampler import (Conditioning, GuidedDenoiser, SamplerConfig, join_prompt, sample, sampling_sigmas,
                            seeded_generator)
 from model.tiling import TiledDenoiser, TilingConfig, tiled_apply
@@ -161,18 +162,6 @@ def working_size(width: int, height: int, scale: int, min_size: int) -> tuple[tu
 def decode_image(data: bytes, max_pixels: Optional[int] = None) -> codec.Decoded:
     """The project's one decoder (catalog/codec.py): EXIF orientation, 16-bit, alpha, pixel cap."""
     return codec.decode(data, max_pixels)
-
-
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB image -> (1, 3, H, W) float32 in [-1, 1]."""
-    arr = torch.from_numpy(np.asarray(img, dtype=np.float32).copy())  # (H, W, 3)
-    return (arr.permute(2, 0, 1)[None] / 127.5 - 1.0).contiguous()
-
-
-def to_image(x: torch.Tensor) -> Image.Image:
-    """(1, 3, H, W) in [-1, 1] -> RGB image (rounded, clipped)."""
-    arr = ((x[0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr)
 
 
 def encode_png(img: Image.Image) -> bytes:
@@ -306,7 +295,7 @@ class Restorer:
 
         out = self._vae(model.decode, z.to(self.dtype), False, model.vae.decoder).float()  # (1, 3, H, W)
         out = color_fix(out, x_stage1.float(), cfg.color_fix)
-        result = to_image(out)
+        result = to_pil(out)
         if result.size != (tw, th):
             result = result.resize((tw, th), Image.Resampling.BICUBIC)
         self.last_info = {"sampling_seconds": sampling_s, "steps": cfg.sampler.num_steps,

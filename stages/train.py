@@ -40,6 +40,7 @@ from torch import nn
 
 from catalog.config import from_dict, to_dict
 from model.config import ModelConfig
+from model.images import to_pil
 from stages import train_dist as dist_utils
 from stages.train_config import STAGES, TRAINED_PARTS, TrainConfig, TrainSection
 from stages.train_data import Batch, TrainExamples, generator
@@ -435,15 +436,8 @@ def sample_grid(model, cfg: TrainConfig, data: TrainExamples, device: torch.devi
         z = sample(GuidedDenoiser(model, scfg, pos, neg), noise, sampling_sigmas(scfg.num_steps).to(device), scfg,
                    z_lq=z_lq, z_center=z_center, generator=g)
         out = color_fix(model.decode(z).float(), x_stage1.float(), "wavelet")
-        rows.append([_pil(lq), _pil(out), _pil(hq)])
+        rows.append([to_pil(lq), to_pil(out), to_pil(hq)])
     return make_grid(rows, ["LQ", "restored", "HQ"], cell=max(64, min(256, c)))
-
-
-def _pil(x: torch.Tensor):
-    from PIL import Image
-
-    arr = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr)
 
 
 def config_from(data: dict[str, Any]) -> TrainConfig:

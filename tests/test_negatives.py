@@ -2,22 +2,23 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from prior_fixtures import torch_threads, trained_prior
 
 from catalog.config import ConfigError
 from catalog.lake import conform
 from catalog.schemas import pair_id_of
+from model.images import psnr
 from model.prior import load_prior
 from stages.degrade import regenerate
 from stages.negatives import KIND, NegativeMaker, NegativesConfig, sdedit, sdedit_start
-from stages.prior_train import NEGATIVE_QUALITY_PROMPT, PriorModel, psnr
-from prior_fixtures import torch_threads, trained_prior
+from stages.prior_train import NEGATIVE_QUALITY_PROMPT, PriorModel
 
 CROP = 64
 
