@@ -114,4 +114,6 @@ def test_original_layout_single_file_loads_identically(tmp_path):
         ehs, pooled = m.encode_prompt(["a photo of a cat"])
         with torch.no_grad():
             outs.append(m.prior_eps(torch.ones(1, 4, 8, 8), 300, ehs, m.added_cond_kwargs(pooled, 64, 64)))
-    assert torch.equal(outs[0], outs[1])
+    # same weights, same math; the loaded file may differ in memory layout (strides), which picks other
+    # CPU kernels on some processors (AMD EPYC here): float32 round-off, not a different model
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
