@@ -20,6 +20,7 @@ from catalog.tracking import TrackingConfig
 from evaluation.baselines import BaselineConfig
 from evaluation.metrics import EvalConfig
 from model.config import ModelConfig
+from stages.ablations import AblationConfig
 from stages.caption import CaptionConfig
 from stages.crawl import CrawlConfig
 from stages.degrade import DegradeConfig
@@ -27,12 +28,13 @@ from stages.filter import FilterConfig
 from stages.negatives import NegativesConfig
 from stages.prior_train import PriorTrainConfig
 from stages.restore import RestoreConfig
+from stages.split import SplitConfig
 from stages.train_config import TrainSection
 
 ROOT = Path(__file__).resolve().parents[1]
 # the stages that exist, in DAG order
 STAGES = ("crawl", "filter", "caption", "degrade", "prior", "negatives", "train_encoder", "train_adaptor",
-          "restore", "baselines", "evaluate")
+          "restore", "ablations", "baselines", "evaluate")
 
 
 @dataclass
@@ -65,11 +67,15 @@ class RunConfig:
     filter: FilterConfig = field(default_factory=FilterConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
+    # held-out photos (by image_id) that no training stage reads; restore and evaluate score both splits
+    split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     prior_train: PriorTrainConfig = field(default_factory=PriorTrainConfig)
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     train: TrainSection = field(default_factory=TrainSection)
     restore: RestoreConfig = field(default_factory=RestoreConfig)
+    # rows beside the trained model on the same pairs: D(E(x_LQ)), D(E_dr(x_LQ)), control scale 0, seeds
+    ablations: AblationConfig = field(default_factory=AblationConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
 

@@ -7,7 +7,11 @@ DAG:
 
     crawl -> filter -> caption ---------------------------------+
                     -> degrade -> prior (stage 0) -> negatives -> train_encoder -> train_adaptor
-                                                      -> restore -> baselines -> evaluate
+                                                      -> restore -> ablations -> baselines -> evaluate
+
+Held-out photos (``split``, stages/split.py) never reach stage 0, the negatives, stage 1 or stage 2;
+restore scores every pair, the ablations (stages/ablations.py) the held-out ones, and evaluate
+writes the split of each row into `metrics`: Table 1 is on the held-out pairs.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from catalog.schemas import TABLES
 from catalog.tracking import Tracker
 from pipelines.common import Context, init_ray
 from pipelines.config import config_yaml, load_config, parse_args
+from pipelines.ablations import run_ablations
 from pipelines.data import run_caption, run_degrade
 from pipelines.evaluate import preflight as evaluate_preflight
 from pipelines.evaluate import run_baselines, run_evaluate
@@ -57,7 +62,8 @@ def _train(ctx: Context, stage: str) -> dict:
     _prior(ctx)
     lake, section = ctx.lake, ctx.cfg.train
     spec = StageSpec(f"train_{stage}", f"_stages/train_{stage}", {t: lake.digest(t) for t in ("pairs", "captions")},
-                     digest({"train": section.stage(stage), "model": ctx.cfg.model, "name": section.name}),
+                     digest({"train": section.stage(stage), "model": ctx.cfg.model, "name": section.name,
+                             "split": ctx.cfg.split}),
                      code_digest("stages.train"))
     state = lake.begin(spec)
     if state == "cached":
@@ -72,12 +78,16 @@ def _train(ctx: Context, stage: str) -> dict:
     return summary
 
 
-def _restore(ctx: Context) -> dict:
+def _restore_config(ctx: Context):
     _prior(ctx)
     cfg = ctx.cfg.restore
     if cfg.model == TRAINED:
         cfg = dataclasses.replace(cfg, model=final_folder(ctx.lake, ctx.cfg.train, "adaptor"))
-    return run_restore(ctx, cfg)
+    return cfg
+
+
+def _restore(ctx: Context) -> dict:
+    return run_restore(ctx, _restore_config(ctx))
 
 
 STAGE_RUNNERS = {
@@ -90,6 +100,7 @@ STAGE_RUNNERS = {
     "train_encoder": lambda ctx: _train(ctx, "encoder"),
     "train_adaptor": lambda ctx: _train(ctx, "adaptor"),
     "restore": _restore,
+    "ablations": lambda ctx: run_ablations(ctx, _restore_config(ctx)),
     "baselines": run_baselines,
     "evaluate": run_evaluate,
 }
