@@ -126,6 +126,7 @@ METRICS = pa.schema(
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("method", pa.string(), nullable=False),
         pa.field("degradation", pa.string()),
+        pa.field("split", pa.string()),  # "heldout" / "train" (stages/split.py); null: pairs of no known image
         pa.field("metric", pa.string(), nullable=False),
         pa.field("value", pa.float64()),  # null when status != ok, never 0 for "missing"
         pa.field("status", pa.string(), nullable=False),  # ok / unavailable / error

@@ -45,7 +45,7 @@ CANNED: dict[str, str] = {
     "images_by_status": "SELECT status, count(*) AS n, sum(num_bytes) AS bytes FROM images GROUP BY 1 ORDER BY 2 DESC",
     # paper Table 1 shape: degradation x method x metric, mean over pairs (evaluation/report.py uses it)
     "table1": """
-        SELECT coalesce(degradation, 'unknown') AS degradation, method, metric,
+        SELECT coalesce(split, 'all') AS split, coalesce(degradation, 'unknown') AS degradation, method, metric,
                avg(value) FILTER (WHERE status = 'ok') AS mean,
                count(*) FILTER (WHERE status = 'ok') AS n,
                CASE WHEN count(*) FILTER (WHERE status = 'ok') > 0 THEN 'ok'
@@ -53,12 +53,12 @@ CANNED: dict[str, str] = {
                     ELSE 'error' END AS status
         FROM metrics
         GROUP BY ALL
-        ORDER BY degradation, metric, method""",
+        ORDER BY split, degradation, metric, method""",
     # the same, one column per method
     "table1_wide": """
-        PIVOT (SELECT coalesce(degradation, 'unknown') AS degradation, metric, method,
-                      avg(value) FILTER (WHERE status = 'ok') AS mean FROM metrics GROUP BY ALL)
-        ON method USING first(mean) ORDER BY degradation, metric""",
+        PIVOT (SELECT coalesce(split, 'all') AS split, coalesce(degradation, 'unknown') AS degradation, metric,
+                      method, avg(value) FILTER (WHERE status = 'ok') AS mean FROM metrics GROUP BY ALL)
+        ON method USING first(mean) ORDER BY split, degradation, metric""",
     # compare pipeline runs by their latest metrics
     "runs": """
         SELECT r.run_id, r.name, r.status, r.start_time, count(m.key) AS metrics

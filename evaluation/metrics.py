@@ -60,7 +60,8 @@ log = logging.getLogger(__name__)
 # SSIM on the Y channel: pyiqa's "psnry" and "ssim" (whose default is test_y_channel=True).
 PAPER_METRICS = ("psnry", "ssim", "lpips", "dists", "maniqa", "clipiqa", "musiq", "niqe")
 # metrics that are not pyiqa's: name -> what computes them
-EXTRA_METRICS = {"brisque_pkg": "the brisque package's own model and features (BRISQUE(url=False).score)"}
+EXTRA_METRICS = {"brisque_pkg": "the brisque package's own model and features (BRISQUE(url=False).score)",
+                 "rgb_mean_diff": "colour shift: max over R, G, B of |channel mean - the HQ's|, in 0-255 levels"}
 BASICSR_SDIST = "basicsr==1.4.2"
 NIQE_MEMBER = "basicsr/metrics/niqe_pris_params.npz"
 NIQE_FILE = "niqe_modelparameters.mat"
@@ -297,11 +298,31 @@ class BrisquePackage:
         return [self.score_one(np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))) for b in images]
 
 
+class ChannelMeanDiff:
+    """``rgb_mean_diff``: how far the restoration's colour balance is from the HQ's, per image the
+    largest |mean(restored_c) - mean(HQ_c)| over the three channels, in 0-255 levels (0 = same means).
+    Issue 15's colour criterion: each channel's mean within 3 levels of the HQ's on average."""
+
+    full_reference = True
+    lower_better = True
+
+    def __call__(self, images: Sequence[bytes], refs: Sequence[Optional[bytes]]) -> list[float]:
+        from PIL import Image
+
+        out = []
+        for b, r in zip(images, refs):
+            if r is None:
+                raise ValueError("no HQ reference for rgb_mean_diff")
+            x, y = (np.asarray(Image.open(io.BytesIO(bytes(d))).convert("RGB"), dtype=np.float64) for d in (b, r))
+            out.append(float(np.abs(x.mean(axis=(0, 1)) - y.mean(axis=(0, 1))).max()))
+        return out
+
+
 def load_metric(name: str, weights_dir: str | os.PathLike, device: torch.device, allow_download: bool = False) -> Metric:
     """Create one metric; missing weights or packages give status "unavailable", never an exception."""
     try:
         if name in EXTRA_METRICS:
-            fn = BrisquePackage()
+            fn = ChannelMeanDiff() if name == "rgb_mean_diff" else BrisquePackage()
             return Metric(name, fn, fn.full_reference, fn.lower_better)
         import pyiqa
 
@@ -336,7 +357,8 @@ def score(metric: Metric, restored: Sequence[bytes], hq: Sequence[Optional[bytes
         return [(None, metric.status, metric.error)] * n
     if not isinstance(metric.fn, torch.nn.Module):  # an extra, non-pyiqa metric
         try:
-            return [(v, "ok", None) for v in metric.fn(restored)]
+            values = metric.fn(restored, hq) if metric.full_reference else metric.fn(restored)
+            return [(v, "ok", None) for v in values]
         except Exception as e:  # noqa: BLE001
             return [(None, "error", f"{type(e).__name__}: {str(e)[:300]}")] * n
     out: list[tuple[Optional[float], str, Optional[str]]] = [(None, "error", "not scored")] * n

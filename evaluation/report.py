@@ -26,9 +26,16 @@ from evaluation.metrics import lower_better
 # had one, and "unavailable"/"error" when none had
 TABLE1_SQL = CANNED["table1"]
 
-# display names, in the column order of the report (other methods follow, sorted)
-METHOD_ORDER = ("bicubic", "realesrgan")
-METHOD_LABELS = {"bicubic": "Bicubic", "realesrgan": "Real-ESRGAN", "supir": "SUPIR (ours)"}
+# display names, in the column order of the report (other methods follow, sorted); the ablation rows
+# (pipelines/ablations.py) sit between the baselines and the trained model
+METHOD_ORDER = ("bicubic", "realesrgan", "vae", "stage1", "supir_control0", "supir")
+METHOD_LABELS = {"bicubic": "Bicubic", "realesrgan": "Real-ESRGAN", "vae": "D(E(x_LQ)) untrained E",
+                 "stage1": "Stage 1 D(E_dr(x_LQ))", "supir_control0": "SUPIR control 0", "supir": "SUPIR (ours)"}
+# report sections, in order: Table 1 is on the held-out photos (stages/split.py)
+SPLIT_ORDER = ("heldout", "train", "all")
+SPLIT_TITLES = {"heldout": "Held-out photos (no training stage saw them): Table 1",
+                "train": "Training photos (seen by stages 0-2: checks the pipeline, not generalisation)",
+                "all": "All pairs (no split recorded)"}
 
 
 def table1(metrics: pa.Table | Sequence[str]) -> pd.DataFrame:
@@ -59,7 +66,25 @@ def _fmt(v: float) -> str:
     return f"{v:.2f}" if abs(v) >= 10 else f"{v:.4f}"
 
 
+def split_order(splits: Sequence[str]) -> list[str]:
+    return [s for s in SPLIT_ORDER if s in splits] + sorted(s for s in set(splits) if s not in SPLIT_ORDER)
+
+
 def markdown_table(df: pd.DataFrame, metric_order: Optional[Sequence[str]] = None) -> str:
+    """One table per split (held-out first) when ``df`` has a split column with a known split; see
+    :func:`markdown_block`."""
+    if df.empty or "split" not in df.columns or set(df["split"]) == {"all"}:
+        return markdown_block(df, metric_order)
+    parts = []
+    for split in split_order(list(df["split"].unique())):
+        block = df[df["split"] == split]
+        pairs = int(block.loc[block["status"] == "ok", "n"].max() or 0) if "n" in block else 0
+        parts.append(f"## {SPLIT_TITLES.get(split, split)}\n\n{pairs} scored rows per method and metric "
+                     f"(pairs x runs)\n\n" + markdown_block(block, metric_order))
+    return "\n".join(parts)
+
+
+def markdown_block(df: pd.DataFrame, metric_order: Optional[Sequence[str]] = None) -> str:
     """Per degradation: rows = metrics (with ↑/↓), columns = methods; best in bold; n/a = unavailable."""
     if df.empty:
         return "_no metrics_\n"
@@ -153,7 +178,8 @@ def write_report(out_dir: str | Path, df: pd.DataFrame, grid_rows: Optional[list
     paths = {"table1.md": out / "table1.md", "table1.parquet": out / "table1.parquet", "table1.png": out / "table1.png"}
     paths["table1.md"].write_text("# Evaluation (paper Table 1 layout)\n\n" + markdown_table(df, metric_order))
     df.to_parquet(paths["table1.parquet"], index=False)
-    chart(df, metric_order).save(paths["table1.png"])
+    held = df[df["split"] == "heldout"] if "split" in df.columns else df
+    chart(held if len(held) else df, metric_order).save(paths["table1.png"])  # the chart shows Table 1
     if grid_rows:
         methods = sorted({k for r in grid_rows for k in r if k not in ("lq", "hq", "pair_id")})
         paths["grid.png"] = out / "grid.png"

@@ -108,9 +108,20 @@ SDXL_TEXT_ENCODER_2: dict[str, Any] = {
 TINY_UNET: dict[str, Any] = {
     **SDXL_UNET,
     "sample_size": 32,
+    # Attention on the lowest-resolution level only, one resnet per level (SDXL: attention on levels
+    # 2 and 3, two resnets). The tiny VAE's 4x latents are 4x the pixels of SDXL's 8x at the same image
+    # size, so a 1024 px restore samples 256x256 latents, and level 2's self-attention over 64x64
+    # tokens per 128-latent tile (SDXL's level 2 sees 32x32 at most) held 47% of a 33 s step on 2 CPU
+    # cores (issue 15). Measured per tile forward (2 x 128 x 128, CPU seconds on the loaded 2-core box,
+    # bench/restore.py for the end-to-end number): 13.3 with attention on levels 2-3, two resnets and
+    # 128-channel ZeroSFT hidden convs; 6.6 with attention on level 3 and 32 hidden channels; 3.2 with one
+    # resnet per level as well.
+    "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+    "layers_per_block": 1,
     "block_out_channels": [32, 64, 64],
     "cross_attention_dim": 96,
-    "transformer_layers_per_block": [1, 2, 2],
+    "transformer_layers_per_block": [1, 1, 2],
     "attention_head_dim": [2, 4, 4],
     "addition_time_embed_dim": 8,
     "projection_class_embeddings_input_dim": 112,
@@ -173,6 +184,10 @@ ARCHITECTURES["sdxl_trimmed"] = ARCHITECTURES["sdxl"]
 # block"; official config comment: transformer_depth [1, 2, 10] -> [1, 1, 4]). ``sdxl`` is not
 # here: the released SUPIR-v0Q/v0F weights are untrimmed (the prior's depth, mid block 10).
 TRIMMED_DEPTH = {"sdxl_trimmed": (1, 1, 4), "tiny": (1, 1, 1)}
+# ZeroSFT's hidden width scaled with the preset: SUPIR's 128 against SDXL's 320 channels at level 1;
+# the tiny UNet has 32 there, and 128 hidden 3x3 convs at full latent resolution cost more than the
+# whole tiny UNet level they condition
+SFT_HIDDEN_CHANNELS = {"sdxl": 128, "sdxl_trimmed": 128, "tiny": 32}
 
 
 def architecture(preset: str) -> dict[str, dict[str, Any]]:
@@ -211,8 +226,8 @@ class ModelConfig:
     control_scale: float = 1.0
     """Default control scale s of the connectors (0 reproduces the prior UNet exactly)."""
 
-    sft_hidden_channels: int = 128
-    """Hidden channels of ZeroSFT's shared 3x3 conv (SUPIR: 128)."""
+    sft_hidden_channels: Optional[int] = None
+    """Hidden channels of ZeroSFT's shared 3x3 conv. null: the preset's (SUPIR's 128 for sdxl, 32 for tiny)."""
 
     cross_attn_head_dim: int = 64
     """Channels per head of the two ZeroCrossAttn modules (SUPIR: 64)."""
@@ -245,11 +260,16 @@ class ModelConfig:
                   "model.adaptor_mid_transformer_depth", self.adaptor_mid_transformer_depth, "an integer >= 1 or null")
         check(isinstance(self.control_scale, (int, float)) and 0.0 <= self.control_scale <= 10.0,
               "model.control_scale", self.control_scale, "a number in [0, 10]")
-        check(isinstance(self.sft_hidden_channels, int) and self.sft_hidden_channels >= 1,
-              "model.sft_hidden_channels", self.sft_hidden_channels, "an integer >= 1")
+        check(self.sft_hidden_channels is None or (isinstance(self.sft_hidden_channels, int)
+                                                   and self.sft_hidden_channels >= 1),
+              "model.sft_hidden_channels", self.sft_hidden_channels, "an integer >= 1 or null (the preset's)")
         check(isinstance(self.cross_attn_head_dim, int) and self.cross_attn_head_dim >= 1,
               "model.cross_attn_head_dim", self.cross_attn_head_dim, "an integer >= 1")
         check(isinstance(self.seed, int) and self.seed >= 0, "model.seed", self.seed, "an integer >= 0")
+
+    def sft_hidden(self) -> int:
+        """ZeroSFT's hidden channels: the configured number, else the preset's."""
+        return self.sft_hidden_channels or SFT_HIDDEN_CHANNELS[self.preset]
 
     def adaptor_depths(self, unet_config: dict[str, Any]) -> tuple[list[int], int]:
         """(depth per down block, mid depth) of the adaptor for a prior UNet with ``unet_config``.

@@ -237,7 +237,7 @@ def build_trainable(prior: SDXLPrior, cfg: ModelConfig, copy_weights: bool = Tru
             torch.manual_seed(cfg.seed + 1)  # connectors' non-zero convs; trimmed-away blocks
         encoder = DegradationRobustEncoder.from_vae(prior.vae) if copy_weights else _bare_encoder(prior)
         adaptor = GLVControl.from_unet(prior.unet, depth, mid, copy_weights=copy_weights)
-        connectors = SUPIRConnectors.from_unet_config(prior.unet.config, cfg.sft_hidden_channels,
+        connectors = SUPIRConnectors.from_unet_config(prior.unet.config, cfg.sft_hidden(),
                                                       cfg.cross_attn_head_dim, cfg.zero_init_cross_attn)
     return encoder, adaptor, connectors
 

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 # the stages that exist, in DAG order
 STAGES = ("crawl", "filter", "caption", "degrade", "prior", "negatives", "train_encoder", "train_adaptor",
-          "restore", "baselines", "evaluate")
+          "restore", "ablations", "baselines", "evaluate")
 # the run config's sections: what each holds (every key: --print-config)
 SECTIONS = {
     "lake": "lake root: a local folder or a pyarrow filesystem URI (s3://bucket/prefix)",
@@ -32,11 +32,13 @@ SECTIONS = {
     "restore": "the model to restore with, sampler settings, tiling, actors and GPUs",
     "baselines": "bicubic and Real-ESRGAN x4plus",
     "evaluate": "pyiqa metrics, weights folder, device",
+    "split": "the held-out photos no training stage sees: fraction, minimum count, seed",
+    "ablations": "rows beside the trained model on held-out pairs: D(E(x_LQ)), stage 1 alone, control 0, seeds",
 }
 DAG = """\
   crawl -> filter -> caption ---------------------------------+
                   -> degrade -> prior (stage 0) -> negatives -> train_encoder -> train_adaptor
-                                                    -> restore -> baselines -> evaluate"""
+                                                    -> restore -> ablations -> baselines -> evaluate"""
 
 
 def epilog(stages: Sequence[str] = STAGES) -> str:

@@ -38,6 +38,23 @@ class Context:
     tracker: Tracker
 
 
+def data_split(ctx: Context) -> dict[str, str]:
+    """image_id -> "train" / "heldout" for the kept images of `filtered` (stages/split.py), by the
+    run's ``split`` section (a config without one holds out with SplitConfig's defaults)."""
+    from stages.split import SplitConfig, assign_split
+
+    t = ctx.lake.read("filtered", columns=["image_id", "keep"])
+    kept = t.filter(pc.equal(t.column("keep"), True)).column("image_id").to_pylist()
+    return assign_split(kept, getattr(ctx.cfg, "split", None) or SplitConfig())
+
+
+def train_image_ids(ctx: Context) -> list[str]:
+    """The kept images that training stages (0, 1, 2 and the negatives) may read."""
+    from stages.split import train_ids
+
+    return train_ids(data_split(ctx))
+
+
 def gpus_if_available(num_gpus: float) -> float:
     """``num_gpus`` when the Ray cluster has GPUs, else 0 (a CPU-only cluster still runs the stage)."""
     import ray
@@ -184,7 +201,10 @@ def run_stage(
     from ray.data import ActorPoolStrategy
 
     lake = ctx.lake
-    spec = StageSpec(stage, table, {t: lake.digest(t) for t in inputs}, digest(section), code)
+    spec_inputs = {t: lake.digest(t) for t in inputs}
+    if allow is not None:  # which rows may pass is an input too (the held-out split changes it)
+        spec_inputs["allow"] = digest(sorted(map(str, allow)))
+    spec = StageSpec(stage, table, spec_inputs, digest(section), code)
     state = lake.begin(spec)
     count = counts or (lambda: lake.status_counts(table, status_column))
     with ctx.tracker.stage(stage, params=to_dict(section), state=state) as run:

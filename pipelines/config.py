@@ -20,12 +20,14 @@ from evaluation.baselines import BaselineConfig
 from evaluation.metrics import EvalConfig
 from model.config import ModelConfig
 from pipelines.cli import ROOT, STAGES, parser
+from stages.ablations import AblationConfig
 from stages.caption import CaptionConfig
 from stages.crawl import CrawlConfig
 from stages.filter import FilterConfig
 from stages.negatives import NegativesConfig
 from stages.prior_train import PriorTrainConfig
 from stages.restore import RestoreConfig
+from stages.split import SplitConfig
 from stages.train_config import TrainSection
 
 __all__ = ["ROOT", "STAGES", "RayConfig", "RunConfig", "config_yaml", "load_config", "parse_args"]
@@ -70,11 +72,15 @@ class RunConfig:
     filter: FilterConfig = field(default_factory=FilterConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
+    # held-out photos (by image_id) that no training stage reads; restore and evaluate score both splits
+    split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     prior_train: PriorTrainConfig = field(default_factory=PriorTrainConfig)
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     train: TrainSection = field(default_factory=TrainSection)
     restore: RestoreConfig = field(default_factory=RestoreConfig)
+    # rows beside the trained model on the same pairs: D(E(x_LQ)), D(E_dr(x_LQ)), control scale 0, seeds
+    ablations: AblationConfig = field(default_factory=AblationConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     # a full-scale run: refuse to start (before any work) where a stage would fall back to the tiny

@@ -42,6 +42,7 @@ from evaluation.baselines import BASELINES_TABLE, KIND, BaselineConfig, Baseline
 from evaluation.metrics import EvalConfig, check_metric_names, seed_weights
 from evaluation.report import TABLE1_SQL, markdown_table, table1, write_report
 from pipelines.common import ACTOR_OPTIONS, Context, LakeWriter, StageActor, gpus_if_available, run_stage
+from stages.split import HELDOUT
 from stages.evaluate import Evaluator
 
 log = logging.getLogger("supir")
@@ -94,14 +95,16 @@ def _index(lake: Lake, table: str, columns: list[str]) -> pa.Table:
     return pa.concat_tables(parts, promote_options="default")
 
 
-def plan_work(lake: Lake) -> pa.Table:
-    """One row per ok restoration (any source table) of an ok degraded pair: keys, degradation, part files."""
-    pairs = _index(lake, "pairs", ["pair_id", "status", "kind", "params", "scale"])
+def plan_work(lake: Lake, split: Optional[dict[str, str]] = None) -> pa.Table:
+    """One row per ok restoration (any source table) of an ok degraded pair: keys, degradation, the
+    split of the pair's image (``split``: image_id -> split, stages/split.py; null when unknown), part files."""
+    pairs = _index(lake, "pairs", ["pair_id", "image_id", "status", "kind", "params", "scale"])
     if pairs.num_rows:
         pairs = pairs.filter(pc.and_(pc.equal(pairs["status"], "ok"), pc.equal(pairs["kind"], KIND)))
     labels = [degradation_label(p, s) for p, s in zip(pairs["params"].to_pylist(), pairs["scale"].to_pylist())]
+    splits = [(split or {}).get(i) for i in pairs["image_id"].to_pylist()]
     pairs = pa.table({"pair_id": pairs["pair_id"].cast(pa.string()), "degradation": pa.array(labels, pa.string()),
-                      "pairs_file": pairs["_file"].cast(pa.string())})
+                      "split": pa.array(splits, pa.string()), "pairs_file": pairs["_file"].cast(pa.string())})
     work = []
     for table in SOURCES:
         idx = _index(lake, table, ["pair_id", "run_id", "method", "status"])
@@ -111,7 +114,8 @@ def plan_work(lake: Lake) -> pa.Table:
         work.append(pa.table({"pair_id": idx["pair_id"].cast(pa.string()), "run_id": idx["run_id"].cast(pa.string()),
                               "method": idx["method"].cast(pa.string()), "src_file": idx["_file"].cast(pa.string())}))
     empty = pa.schema([("pair_id", pa.string()), ("run_id", pa.string()), ("method", pa.string()),
-                       ("src_file", pa.string()), ("degradation", pa.string()), ("pairs_file", pa.string())])
+                       ("src_file", pa.string()), ("degradation", pa.string()), ("split", pa.string()),
+                       ("pairs_file", pa.string())])
     if not work:
         return empty.empty_table()
     joined = pa.concat_tables(work).join(pairs, keys="pair_id", join_type="inner")
@@ -148,6 +152,7 @@ class GatherImages:
             "method": [r["method"] for r in rows],
             "run_id": [r["run_id"] for r in rows],
             "degradation": [r["degradation"] for r in rows],
+            "split": pa.array([r.get("split") for r in rows], pa.string()),
             "restored": pa.array([restored.get((r["pair_id"], r["method"], r["run_id"])) for r in rows], pa.binary()),
             "hq": pa.array([hq.get(r["pair_id"]) for r in rows], pa.binary()),
         })
@@ -180,7 +185,9 @@ def run_evaluate(ctx: Context, cfg: Optional[EvalConfig] = None) -> dict[str, in
     import pyiqa
 
     code = f"{code_digest('stages.evaluate')}:pyiqa-{pyiqa.__version__}:{weights_digest(cfg.weights_dir)}"
-    spec = StageSpec("evaluate", "metrics", {t: lake.digest(t) for t in ("pairs",) + SOURCES}, digest(cfg), code)
+    split = pair_split(ctx)
+    spec = StageSpec("evaluate", "metrics", {t: lake.digest(t) for t in ("pairs",) + SOURCES},
+                     digest({"evaluate": cfg, "split": split}), code)
     state = lake.begin(spec)
     with ctx.tracker.stage("evaluate", params=to_dict(cfg), state=state) as run:
         if state == "cached":
@@ -189,7 +196,7 @@ def run_evaluate(ctx: Context, cfg: Optional[EvalConfig] = None) -> dict[str, in
             run.log_metrics({f"status.{k}": v for k, v in c.items()} | {"rows": sum(c.values()), "cached": 1})
             return c
         t0 = time.time()
-        work = plan_work(lake)
+        work = plan_work(lake, split)
         if state == "resume" and lake.exists("metrics"):
             done = lake.read("metrics", columns=list(WORK_KEY)).group_by(list(WORK_KEY)).aggregate([])
             if done.num_rows:
@@ -223,12 +230,23 @@ def run_evaluate(ctx: Context, cfg: Optional[EvalConfig] = None) -> dict[str, in
         return c
 
 
+def pair_split(ctx: Context) -> Optional[dict[str, str]]:
+    """image_id -> "train" / "heldout" of this run (stages/split.py); None without a `filtered` table."""
+    if not ctx.lake.exists("filtered"):
+        return None
+    from pipelines.common import data_split
+
+    return data_split(ctx)
+
+
 def mlflow_aggregates(df) -> dict[str, float]:
-    """``<metric>/<method>/<degradation>`` -> mean over pairs, for the cells that have a value."""
+    """``<metric>/<method>/<degradation>[/<split>]`` -> mean over pairs, for the cells that have a value
+    (no split suffix for pairs of no known split)."""
     out = {}
     for r in df.itertuples():
         if r.status == "ok":
-            out[f"{r.metric}/{r.method}/{r.degradation}"] = float(r.mean)
+            suffix = "" if getattr(r, "split", "all") == "all" else f"/{r.split}"
+            out[f"{r.metric}/{r.method}/{r.degradation}{suffix}"] = float(r.mean)
     return out
 
 
@@ -256,18 +274,20 @@ def report_dir(ctx: Context) -> Path:
     return Path(tempfile.mkdtemp(prefix="supir-report-"))
 
 
-def grid_rows(lake: Lake, n: int) -> list[dict[str, bytes]]:
-    """LQ, HQ and every method's restoration of the first ``n`` pairs scored by every method."""
+def grid_rows(lake: Lake, n: int, split: Optional[dict[str, str]] = None) -> list[dict[str, bytes]]:
+    """LQ, HQ and every method's restoration of the first ``n`` pairs scored by every method, held-out
+    pairs first (``split``: image_id -> split)."""
     if n <= 0:
         return []
-    work = plan_work(lake)
+    work = plan_work(lake, split)
     if not work.num_rows:
         return []
     methods = set(work["method"].to_pylist())
     by_pair: dict[str, set] = {}
     for p, m in zip(work["pair_id"].to_pylist(), work["method"].to_pylist()):
         by_pair.setdefault(p, set()).add(m)
-    chosen = sorted(p for p, ms in by_pair.items() if ms == methods)[:n]
+    held = {p for p, s in zip(work["pair_id"].to_pylist(), work["split"].to_pylist()) if s == HELDOUT}
+    chosen = sorted((p for p, ms in by_pair.items() if ms == methods), key=lambda p: (p not in held, p))[:n]
     if not chosen:
         return []
     sel = work.filter(pc.is_in(work["pair_id"], value_set=pa.array(chosen, pa.string())))
@@ -296,7 +316,7 @@ def log_evaluation(ctx: Context, cfg: EvalConfig, run: RunRef) -> dict:
     run.set_tags({f"metric_status.{k}": v for k, v in availability.items()})
     run.log_dict(availability, "report/availability.json")
     out = report_dir(ctx)
-    paths = write_report(out, df, grid_rows(lake, cfg.grid_rows), cfg.metrics)
+    paths = write_report(out, df, grid_rows(lake, cfg.grid_rows, pair_split(ctx)), cfg.metrics)
     for p in paths.values():
         run.log_artifact(p, "report")
     if run.enabled:

@@ -7,7 +7,11 @@ DAG:
 
     crawl -> filter -> caption ---------------------------------+
                     -> degrade -> prior (stage 0) -> negatives -> train_encoder -> train_adaptor
-                                                      -> restore -> baselines -> evaluate
+                                                      -> restore -> ablations -> baselines -> evaluate
+
+Held-out photos (``split``, stages/split.py) never reach stage 0, the negatives, stage 1 or stage 2;
+restore scores every pair, the ablations (stages/ablations.py) the held-out ones, and evaluate
+writes the split of each row into `metrics`: Table 1 is on the held-out pairs.
 """
 from __future__ import annotations
 
@@ -55,7 +59,8 @@ def _train(ctx, stage: str) -> dict:
     _prior(ctx)
     lake, section = ctx.lake, ctx.cfg.train
     spec = StageSpec(f"train_{stage}", f"_stages/train_{stage}", {t: lake.digest(t) for t in ("pairs", "captions")},
-                     digest({"train": section.stage(stage), "model": ctx.cfg.model, "name": section.name}),
+                     digest({"train": section.stage(stage), "model": ctx.cfg.model, "name": section.name,
+                             "split": ctx.cfg.split}),
                      code_digest("stages.train"))
     state = lake.begin(spec)
     if state == "cached":
@@ -70,15 +75,20 @@ def _train(ctx, stage: str) -> dict:
     return summary
 
 
-def _restore(ctx) -> dict:
-    from pipelines.restore import run_restore
+def _restore_config(ctx):
     from pipelines.train import final_folder
 
     _prior(ctx)
     cfg = ctx.cfg.restore
     if cfg.model == TRAINED:
         cfg = dataclasses.replace(cfg, model=final_folder(ctx.lake, ctx.cfg.train, "adaptor"))
-    return run_restore(ctx, cfg)
+    return cfg
+
+
+def _restore(ctx) -> dict:
+    from pipelines.restore import run_restore
+
+    return run_restore(ctx, _restore_config(ctx))
 
 
 def stage_runners() -> dict:
@@ -86,6 +96,7 @@ def stage_runners() -> dict:
     from pipelines.data import run_caption, run_degrade
     from pipelines.evaluate import run_baselines, run_evaluate
     from pipelines.ingest import run_crawl, run_filter
+    from pipelines.ablations import run_ablations
     from pipelines.prior import run_negatives
 
     return {
@@ -98,6 +109,7 @@ def stage_runners() -> dict:
         "train_encoder": lambda ctx: _train(ctx, "encoder"),
         "train_adaptor": lambda ctx: _train(ctx, "adaptor"),
         "restore": _restore,
+        "ablations": lambda ctx: run_ablations(ctx, _restore_config(ctx)),
         "baselines": run_baselines,
         "evaluate": run_evaluate,
     }

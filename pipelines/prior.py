@@ -50,6 +50,8 @@ from catalog.config import ConfigError, apply_overrides, digest, from_dict, load
 from catalog.lake import Lake, code_digest
 from catalog.tracking import RunRef, Tracker, TrackingConfig
 from model.config import ModelConfig
+from pipelines.common import train_image_ids
+from stages.split import SplitConfig
 from stages.negatives import NegativeMaker, NegativesConfig, preview_grid
 from stages.prior_train import STAGE0_FILE, PriorTrainConfig, read_stage0, train_prior
 
@@ -66,13 +68,18 @@ _RUNTIME_FIELDS = ("device", "num_threads", "num_gpus", "output_dir", "progress"
 # ---------------------------------------------------------------------------------------------
 # stage 0
 
-def read_training_images(lake: Lake, captions: bool = True) -> tuple[list[str], list[bytes], list[Optional[str]]]:
+def read_training_images(lake: Lake, captions: bool = True, allow: Optional[Sequence[str]] = None
+                         ) -> tuple[list[str], list[bytes], list[Optional[str]]]:
     """(image_ids, original bytes, captions) of the kept images: filtered keep = true joined with
-    images status ok, sorted by image_id; captions from ok `captions` rows (None where missing)."""
+    images status ok, sorted by image_id; captions from ok `captions` rows (None where missing).
+    ``allow``: only these image_ids (the train split: held-out photos never reach stage 0)."""
     kept = lake.read("filtered", columns=["image_id", "keep"])
     ids = set(kept.filter(pc.equal(kept.column("keep"), True)).column("image_id").to_pylist())
+    if allow is not None:
+        ids &= set(allow)
     if not ids:
-        raise ValueError("stage 0 needs images: `filtered` has no kept rows (run crawl and filter first)")
+        raise ValueError("stage 0 needs images: `filtered` has no kept rows in the train split "
+                         "(run crawl and filter first, or hold out fewer photos: split.heldout_fraction)")
     found: dict[str, bytes] = {}
     for f in lake.files("images"):
         part = pq.read_table(f, columns=["image_id", "status", "bytes"], filesystem=lake.fs)
@@ -95,7 +102,7 @@ def prior_key(ctx, uses_captions: bool) -> str:
     inputs = {t: lake.digest(t) for t in ("filtered", "images") + (("captions",) if uses_captions else ())}
     code = code_digest("stages.prior_train")
     return digest({"prior_train": section, "preset": model_cfg.preset, "seed": model_cfg.seed,
-                   "inputs": inputs, "code": code})[:16]
+                   "inputs": inputs, "code": code, "train_images": train_image_ids(ctx)})[:16]
 
 
 def priors_dir(ctx) -> Path:
@@ -131,8 +138,8 @@ def run_prior(ctx) -> Optional[str]:
             log.info("prior: cached %s", folder)
             run.log_metrics({"cached": 1, "psnr_heldout": done["vae"]["psnr_heldout"]})
             return str(folder)
-        ids, images, captions = read_training_images(ctx.lake, uses_captions)
-        log.info("prior: stage 0 on %d images -> %s", len(ids), folder)
+        ids, images, captions = read_training_images(ctx.lake, uses_captions, train_image_ids(ctx))
+        log.info("prior: stage 0 on %d images (train split) -> %s", len(ids), folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         args = (cfg, model_cfg, images, captions, str(folder), run if run.enabled else None)
         if _ray_ready():
@@ -190,15 +197,15 @@ def run_negatives(ctx, prior: Optional[str] = None) -> dict[str, int]:
     prior = run_prior(ctx) if prior is None else prior
     cfg = negatives_config(ctx, prior)
     gpus = gpus_if_available(cfg.num_gpus_per_actor)
+    # the train split only: stage 2 trains on the negatives, so a held-out photo must not be one
+    allow = train_image_ids(ctx)
     if cfg.source == "images":
         # every variant of an image is made in one call, so image_id is an exact resume key
-        kept = lake.read("filtered", columns=["image_id", "keep"])
         source = dict(inputs=["filtered", "images"], input_table="images", columns=["image_id", "bytes", "status"],
-                      where=("status", "ok"),
-                      allow=kept.filter(pc.equal(kept.column("keep"), True)).column("image_id").to_pylist())
+                      where=("status", "ok"), allow=allow)
     else:
-        source = dict(inputs=[DEGRADED], input_table=DEGRADED, columns=["pair_id", "image_id", "hq", "status"],
-                      where=("status", "ok"))
+        source = dict(inputs=[DEGRADED, "filtered"], input_table=DEGRADED,
+                      columns=["pair_id", "image_id", "hq", "status"], where=("status", "ok"), allow=allow)
     return run_stage(
         ctx,
         stage="negatives",
@@ -247,6 +254,7 @@ class PriorRunConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(prior=TRAIN))
     prior_train: PriorTrainConfig = field(default_factory=PriorTrainConfig)
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
 
 
 def load_prior_config(path: Optional[str], overrides: Sequence[str] = ()) -> PriorRunConfig:

@@ -145,8 +145,9 @@ def local_folder(uri: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # the driver side
 
-def train_dataset(lake: Lake):
-    """Ray Data dataset of ok `pairs` rows with a caption (the pair's own, else `captions`')."""
+def train_dataset(lake: Lake, image_ids: Optional[Sequence[str]] = None):
+    """Ray Data dataset of ok `pairs` rows with a caption (the pair's own, else `captions`');
+    ``image_ids``: only pairs of these images (the train split: held-out photos are never trained on)."""
     import pyarrow.compute as pc
     import ray
 
@@ -160,21 +161,36 @@ def train_dataset(lake: Lake):
         captions = dict(zip(t.column("image_id").to_pylist(), t.column("caption").to_pylist()))
     ds = ray.data.read_parquet(files, columns=PAIR_COLUMNS, filesystem=lake.fs, override_num_blocks=len(files),
                                num_cpus=0.25)
-    return ds.map_batches(_OkWithCaptions(captions), batch_format="pyarrow", batch_size=None, num_cpus=0.1)
+    return ds.map_batches(_OkWithCaptions(captions, image_ids), batch_format="pyarrow", batch_size=None, num_cpus=0.1)
 
 
 class _OkWithCaptions:
-    def __init__(self, captions: dict[str, str]):
+    def __init__(self, captions: dict[str, str], image_ids: Optional[Sequence[str]] = None):
         self.captions = captions
+        self.image_ids = None if image_ids is None else sorted(image_ids)
 
     def __call__(self, block):
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        block = block.filter(pc.equal(block.column("status"), "ok")).drop_columns(["status"])
+        keep = pc.equal(block.column("status"), "ok")
+        if self.image_ids is not None:
+            keep = pc.and_(keep, pc.is_in(block.column("image_id"), value_set=pa.array(self.image_ids, pa.string())))
+        block = block.filter(keep).drop_columns(["status"])
         caps = [c if isinstance(c, str) and c.strip() else self.captions.get(i) or ""
                 for c, i in zip(block.column("caption").to_pylist(), block.column("image_id").to_pylist())]
         return block.set_column(block.schema.get_field_index("caption"), "caption", pa.array(caps, pa.string()))
+
+
+def train_images(ctx) -> Optional[list[str]]:
+    """The image_ids training may read: the train split of the kept images (None: a lake without
+    `filtered`, such as pairs written by hand, trains on every pair)."""
+    if not ctx.lake.exists("filtered"):
+        log.warning("train: no `filtered` table in the lake, so no held-out split: training on every pair")
+        return None
+    from pipelines.common import train_image_ids
+
+    return train_image_ids(ctx)
 
 
 def storage(lake: Lake) -> str:
@@ -250,8 +266,10 @@ def run_train(ctx, stage: str) -> dict[str, Any]:
         run.log_text(yaml.safe_dump({"train": to_dict(cfg), "model": to_dict(model_cfg)}, sort_keys=False),
                      "train_config.yaml")
         t0 = time.time()
-        trainer = make_trainer(cfg, model_cfg, f"{section.name}-{stage}", storage(lake), train_dataset(lake), run,
-                               init_from, degrade if cfg.on_the_fly_degradation else None)
+        images = train_images(ctx)
+        run.log_metrics({"train_images": len(images)})
+        trainer = make_trainer(cfg, model_cfg, f"{section.name}-{stage}", storage(lake), train_dataset(lake, images),
+                               run, init_from, degrade if cfg.on_the_fly_degradation else None)
         result = trainer.fit()
         seconds = time.time() - t0
         if result.error is not None:
@@ -331,11 +349,13 @@ class TrainRunConfig:
     train: TrainSection = field(default_factory=TrainSection)
     degrade: Any = None
     require_gpus: bool = False  # see pipelines/config.py RunConfig.require_gpus
+    split: Any = None  # stages.split.SplitConfig
 
 
 def load_train_config(path: Optional[str], overrides: Sequence[str] = ()) -> TrainRunConfig:
     from degradations import DegradeConfig
     from pipelines.config import RayConfig, check_full_scale
+    from stages.split import SplitConfig
 
     data = apply_overrides(load_yaml(path) if path else {}, overrides)
     cfg = TrainRunConfig(
@@ -346,6 +366,7 @@ def load_train_config(path: Optional[str], overrides: Sequence[str] = ()) -> Tra
         train=from_dict(TrainSection, data.get("train"), prefix="train"),
         degrade=from_dict(DegradeConfig, data.get("degrade"), prefix="degrade"),
         require_gpus=from_dict(_RequireGpus, {"require_gpus": data.get("require_gpus", False)}).require_gpus,
+        split=from_dict(SplitConfig, data.get("split"), prefix="split"),
     )
     if cfg.require_gpus:
         check_full_scale(cfg)

@@ -2,7 +2,7 @@
 
     evaluator = Evaluator(EvalConfig(metrics=["psnry", "ssim", "niqe"], weights_dir="weights"))
     rows = evaluator({"pair_id": ids, "method": methods, "run_id": runs,
-                      "restored": pngs, "hq": hq_pngs, "degradation": names})
+                      "restored": pngs, "hq": hq_pngs, "degradation": names, "split": splits})
     # rows has the METRICS columns (catalog.schemas), one row per input row and metric
 
 Long format: one row per (pair, method, run, metric). A metric whose weights are missing gives
@@ -46,6 +46,7 @@ class Evaluator:
         restored = [bytes(b) if b is not None else None for b in batch["restored"]]
         hq = [bytes(b) if b is not None else None for b in batch["hq"]] if "hq" in batch else [None] * n
         degradation = list(batch["degradation"]) if "degradation" in batch else [None] * n
+        split = list(batch["split"]) if "split" in batch else [None] * n
         cols: dict[str, list[Any]] = {c: [] for c in METRIC_COLUMNS}
         ok = [i for i in range(n) if restored[i] is not None]
         for m in self.metrics:
@@ -57,6 +58,7 @@ class Evaluator:
                 cols["run_id"].append(str(batch["run_id"][i]))
                 cols["method"].append(str(batch["method"][i]))
                 cols["degradation"].append(None if degradation[i] is None else str(degradation[i]))
+                cols["split"].append(None if split[i] is None else str(split[i]))
                 cols["metric"].append(m.name)
                 cols["value"].append(value)
                 cols["status"].append(status)

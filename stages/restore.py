@@ -72,7 +72,12 @@ class RestoreConfig:
     """Latent tiles for sampling and VAE tiles for large images."""
 
     color_fix: Literal["wavelet", "adain", "none"] = "wavelet"
-    """Colour correction of the result against x_stage1 = D(E_dr(x_LQ))."""
+    """Colour correction of the result against ``color_fix_reference``."""
+
+    color_fix_reference: Literal["stage1", "lq"] = "stage1"
+    """Whose low frequencies (wavelet) or channel statistics (adain) the result takes: SUPIR's
+    x_stage1 = D(E_dr(x_LQ)), or the bicubic-upscaled LQ itself, for a prior VAE whose round trip
+    shifts colours it did not see in training (issue 15: the demo's tiny VAE greys a magenta photo)."""
 
     max_pixels: int = 16_000_000
     """Largest input width*height, read from the header before decoding; larger rows get status
@@ -118,6 +123,8 @@ class RestoreConfig:
         check(self.dtype == "auto" or self.dtype in TORCH_DTYPES, "restore.dtype", self.dtype,
               "auto, float32, float16 or bfloat16")
         check(self.color_fix in COLOR_FIXES, "restore.color_fix", self.color_fix, "one of " + ", ".join(COLOR_FIXES))
+        check(self.color_fix_reference in ("stage1", "lq"), "restore.color_fix_reference", self.color_fix_reference,
+              "stage1 or lq")
         check(self.min_size >= 64 and self.min_size % 8 == 0, "restore.min_size", self.min_size,
               "a multiple of 8, >= 64")
         check(1 <= self.upscale <= 16, "restore.upscale", self.upscale, "an integer in [1, 16]")
@@ -140,7 +147,7 @@ class RestoreConfig:
         """What goes into the ``params`` column: everything that changes a restoration."""
         return {"model": self.model, "prior": self.prior, "sampler": to_dict(self.sampler),
                 "tiling": to_dict(self.tiling), "color_fix": self.color_fix, "clamp_stage1": self.clamp_stage1,
-                "min_size": self.min_size,
+                "color_fix_reference": self.color_fix_reference, "min_size": self.min_size,
                 "upscale": self.upscale, "use_captions": self.use_captions}
 
     def resolved_run_id(self) -> str:
@@ -294,7 +301,8 @@ class Restorer:
         sampling_s = time.perf_counter() - t0
 
         out = self._vae(model.decode, z.to(self.dtype), False, model.vae.decoder).float()  # (1, 3, H, W)
-        out = color_fix(out, x_stage1.float(), cfg.color_fix)
+        reference = x_lq if cfg.color_fix_reference == "lq" else x_stage1
+        out = color_fix(out, reference.float(), cfg.color_fix)
         result = to_pil(out)
         if result.size != (tw, th):
             result = result.resize((tw, th), Image.Resampling.BICUBIC)

@@ -18,7 +18,7 @@ PACKAGES = ("catalog", "stages", "model", "evaluation", "pipelines")
 STAGE_ROOTS = {
     "crawl": "stages.crawl", "filter": "stages.filter", "caption": "stages.caption", "degrade": "stages.degrade",
     "prior": "stages.prior_train", "negatives": "stages.negatives", "train": "stages.train",
-    "restore": "stages.restore", "baselines": "evaluation.baselines", "evaluate": "stages.evaluate",
+    "restore": "stages.restore", "ablations": "stages.ablations", "baselines": "evaluation.baselines", "evaluate": "stages.evaluate",
 }
 
 
@@ -49,7 +49,7 @@ def test_editing_a_model_file_reruns_the_stages_that_use_it_and_no_other(checkou
     after = _digests(checkout)
     states = {stage: lake.begin(StageSpec(stage, f"_stages/{stage}", code=code)) for stage, code in after.items()}
     # the files the old hand-written lists forgot: restore and train run the model's connectors
-    assert states["restore"] == "fresh" and states["train"] == "fresh"
+    assert states["restore"] == "fresh" and states["train"] == "fresh" and states["ablations"] == "fresh"
     for stage in ("crawl", "filter", "caption", "degrade", "baselines"):
         assert states[stage] == "cached", stage
 

@@ -215,3 +215,19 @@ def test_table1_from_parquet_files_equals_from_a_table(tmp_path):
     import pandas as pd
 
     pd.testing.assert_frame_equal(table1([tmp_path / "a.parquet", tmp_path / "b.parquet"]), table1(t))
+
+
+def test_rgb_mean_diff_is_the_largest_channel_mean_shift(tmp_path):
+    from stages.evaluate import Evaluator
+
+    def solid(rgb, size=(24, 16)):
+        return png(Image.new("RGB", size, rgb))
+
+    half = Image.new("RGB", (24, 16), (0, 0, 0))
+    half.paste((200, 100, 50), (0, 0, 12, 16))  # channel means 100, 50, 25
+    ev = Evaluator(EvalConfig(metrics=["rgb_mean_diff"], weights_dir=str(tmp_path), seed_offline=False))
+    rows = ev({"pair_id": np.array(["a", "b"], dtype=object), "method": np.array(["m", "m"], dtype=object),
+               "run_id": np.array(["r", "r"], dtype=object),
+               "restored": np.array([solid((100, 50, 200)), png(half)], dtype=object),
+               "hq": np.array([solid((103, 50, 190)), solid((100, 47, 25))], dtype=object)})
+    assert rows["value"].to_pylist() == [10.0, 3.0] and set(rows["status"].to_pylist()) == {"ok"}

@@ -94,8 +94,11 @@ def test_nonzero_scale_uses_z_lq_once_zero_convs_are_perturbed(model):
 
 def test_zero_initialised_convs_are_zero(model):
     zero = model.connectors.zero_init_parameters()
-    # 10 ZeroSFT x (Z1, Zmul, Zadd) x (weight, bias) + 2 ZeroCrossAttn output projections x 2
-    assert len(zero) == 10 * 3 * 2 + 2 * 2
+    # one ZeroSFT per decoder skip (3 levels x (layers_per_block + 1); SDXL 9) and on the mid block,
+    # each (Z1, Zmul, Zadd) x (weight, bias); + 2 ZeroCrossAttn output projections x 2
+    n_sft = 3 * (model.unet.config.layers_per_block + 1) + 1
+    assert len(model.connectors.sft) == n_sft - 1  # the skips; the mid block has its own
+    assert len(zero) == n_sft * 3 * 2 + 2 * 2
     assert all(torch.count_nonzero(p) == 0 for _, p in zero)
     assert torch.count_nonzero(model.adaptor.lq_conv_in.weight) == 0
     assert torch.count_nonzero(model.adaptor.lq_conv_in.bias) == 0
@@ -105,7 +108,7 @@ def test_zero_initialised_convs_are_zero(model):
 
 def test_adaptor_and_encoder_start_as_copies_of_the_prior(model):
     unet, adaptor = model.unet, model.adaptor
-    # trimmed (tiny default: (1, 1, 1) against the prior's (1, 2, 2)): the first block of each stack
+    # trimmed (tiny default: (1, 1, 1) against the prior's (1, 1, 2)): the first block of each stack
     assert len(adaptor.down_blocks[2].attentions[0].transformer_blocks) == 1
     assert len(unet.down_blocks[2].attentions[0].transformer_blocks) == 2
     a = adaptor.down_blocks[2].attentions[0].transformer_blocks[0].state_dict()
@@ -114,7 +117,7 @@ def test_adaptor_and_encoder_start_as_copies_of_the_prior(model):
     assert torch.equal(adaptor.conv_in.weight, unet.conv_in.weight)
     assert torch.equal(adaptor.add_embedding.linear_1.weight, unet.add_embedding.linear_1.weight)
     # untrimmed: the adaptor's features are the UNet encoder's, exactly (z_LQ is gated by a zero conv)
-    full = build_model(ModelConfig(preset="tiny", adaptor_transformer_depth=(1, 2, 2)), prior=model.prior)
+    full = build_model(ModelConfig(preset="tiny", adaptor_transformer_depth=(1, 1, 2)), prior=model.prior)
     x = _inputs(model, 16, 16)
     captured = {}
     hook = unet.mid_block.register_forward_hook(lambda m, i, o: captured.setdefault("mid", o))

@@ -231,3 +231,18 @@ def test_registered_pyfunc_model_restores_through_mlflow(checkpoint, tmp_path, m
     expected = direct.restore(Image.open(io.BytesIO(image)).convert("RGB"), hashlib.sha256(image).hexdigest()[:16],
                               "a photo")
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(out["restored"][0]))), np.asarray(expected))
+
+
+def test_color_fix_reference_lq_takes_the_inputs_channel_statistics(tiny_model):
+    """adain against the LQ: each channel of the result has the (bicubic-resized) LQ's mean."""
+    img = Image.open(io.BytesIO(photo(3, size=(64, 64)))).convert("RGB")  # 64 px: no resize on either side
+    want = np.asarray(img, dtype=np.float64).mean(axis=(0, 1))
+    got = {}
+    for ref in ("lq", "stage1"):
+        cfg = RestoreConfig(model="-", color_fix="adain", color_fix_reference=ref, **FAST)
+        got[ref] = np.asarray(Restorer(cfg, model=tiny_model).restore(img, "k"), dtype=np.float64).mean(axis=(0, 1))
+    err = {k: float(np.abs(v - want).max()) for k, v in got.items()}
+    assert err["lq"] < 3.0  # up to clipping to [0, 255] (adain gives the LQ's mean before it)
+    assert err["stage1"] > 3 * err["lq"]  # the random tiny VAE's round trip shifts colour
+    with pytest.raises(ConfigError, match="restore.color_fix_reference"):
+        RestoreConfig(model="-", color_fix_reference="hq")
