@@ -12,7 +12,7 @@ from PIL import Image
 
 def to_model_range(arr: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32 in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 127.5 - 1.0
+    return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float() / 127.5 - 1.0  # a writable copy
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

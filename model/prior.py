@@ -24,7 +24,7 @@ import hashlib
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
@@ -94,6 +94,98 @@ class SDXLPrior(nn.Module):
                 h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
+    # -- what every user of the prior needs: text and size conditioning, E, D, the plain eps ---------
+    def prior_eps(self, sample: torch.Tensor, timestep: torch.Tensor | float | int,
+                  encoder_hidden_states: torch.Tensor, added_cond_kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The plain SDXL UNet (diffusers' own forward): eps of the prior alone."""
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                         added_cond_kwargs=added_cond_kwargs, return_dict=False)[0]
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDXL text conditioning: (encoder_hidden_states (B, 77, D1 + D2), pooled (B, P)).
+
+        The penultimate hidden states of both encoders, concatenated; pooled = text encoder 2's
+        projected embedding. (SDXL pipelines zero the negative prompt when it is empty; callers
+        that want that pass zeros themselves.)"""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        device = self.unet.device
+        hidden = []
+        pooled = None
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids.to(device)
+            out = encoder(ids, output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])  # (B, 77, D_i)
+            pooled = getattr(out, "text_embeds", None)
+        return torch.cat(hidden, dim=-1).to(self.unet.dtype), pooled.to(self.unet.dtype)
+
+    def time_ids(self, height: int, width: int, batch_size: int = 1,
+                 original_size: Optional[tuple[int, int]] = None,
+                 crops_coords_top_left: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """SDXL's micro-conditioning (original_size + crop top-left + target_size), pixels -> (B, 6)."""
+        original = original_size or (height, width)
+        # float32 whatever the prior's dtype: bf16 cannot hold every pixel size (1365 -> 1368);
+        # the UNet's sinusoidal projection computes in float32 anyway.
+        ids = torch.tensor([[*original, *crops_coords_top_left, height, width]], dtype=torch.float32,
+                           device=self.unet.device)
+        return ids.repeat(batch_size, 1)
+
+    def added_cond_kwargs(self, pooled: torch.Tensor, height: int, width: int, **time_kwargs) -> dict[str, torch.Tensor]:
+        """{"text_embeds", "time_ids"} for images of height x width pixels."""
+        return {"text_embeds": pooled, "time_ids": self.time_ids(height, width, pooled.shape[0], **time_kwargs)}
+
+    def encode(self, images: torch.Tensor, generator: Optional[torch.Generator] = None,
+               sample: bool = False) -> torch.Tensor:
+        """The frozen VAE encoder E (HQ latents for training, z_center): scaled mean, or a sample."""
+        dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        z = dist.sample(generator) if sample else dist.mean
+        shift = getattr(self.vae.config, "shift_factor", None)
+        return ((z - shift) if shift is not None else z) * self.vae.config.scaling_factor
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Image pixels per latent pixel (SDXL 8, tiny 4)."""
+        return vae_scale_factor(self.vae)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The frozen decoder D: scaled latents (B, 4, h, w) -> images (B, 3, f h, f w), about [-1, 1]."""
+        shift = getattr(self.vae.config, "shift_factor", None)
+        z = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        z = z + shift if shift is not None else z
+        return self.vae.decode(z, return_dict=False)[0]
+
+
+class PriorHelpers:
+    """For modules that hold the frozen prior as ``self.prior`` (SUPIRModel, stage 0's PriorModel):
+    the prior's conditioning, VAE and plain-UNet helpers as their own methods, written once."""
+
+    prior: SDXLPrior
+
+    def encode_prompt(self, prompts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.prior.encode_prompt(prompts)
+
+    def time_ids(self, height: int, width: int, batch_size: int = 1, **kwargs: Any) -> torch.Tensor:
+        return self.prior.time_ids(height, width, batch_size, **kwargs)
+
+    def added_cond_kwargs(self, pooled: torch.Tensor, height: int, width: int, **time_kwargs: Any
+                          ) -> dict[str, torch.Tensor]:
+        return self.prior.added_cond_kwargs(pooled, height, width, **time_kwargs)
+
+    def encode(self, images: torch.Tensor, generator: Optional[torch.Generator] = None,
+               sample: bool = False) -> torch.Tensor:
+        return self.prior.encode(images, generator, sample)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.prior.decode(latents)
+
+    def prior_eps(self, sample: torch.Tensor, timestep: torch.Tensor | float | int,
+                  encoder_hidden_states: torch.Tensor, added_cond_kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.prior.prior_eps(sample, timestep, encoder_hidden_states, added_cond_kwargs)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.prior.vae_scale_factor
 
 def vae_scale_factor(vae: Any) -> int:
     """Image pixels per latent pixel of an AutoencoderKL (or its config): 2 ** (levels - 1), as in

@@ -47,6 +47,10 @@ DEFAULT_NEGATIVE_PROMPT = (
     "unreal engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, signature, jpeg "
     "artifacts, deformed, lowres, over-smooth"
 )
+# SUPIR's negative-quality prompt (paper section 3.2): the caption of its negative-quality training
+# samples, so that classifier-free guidance learns what the negative prompt steers away from
+NEGATIVE_QUALITY_PROMPT = ("oil painting, cartoon, blurring, dirty, messy, low quality, frames, deformed, lowres, "
+                           "over-smooth")
 
 
 PRESETS = ("paper", "released")

@@ -24,10 +24,10 @@ from model.adaptor import GLVControl, run_encoder
 from model.config import ModelConfig, torch_dtype
 from model.connectors import Scale, SUPIRConnectors
 from model.encoder import DegradationRobustEncoder
-from model.prior import SDXLPrior, build_prior, load_prior, vae_scale_factor
+from model.prior import PriorHelpers, SDXLPrior, build_prior, load_prior
 
 
-class SUPIRModel(nn.Module):
+class SUPIRModel(PriorHelpers, nn.Module):
     """``prior`` (frozen SDXLPrior) + trainable ``encoder`` (E_dr), ``adaptor`` and ``connectors``."""
 
     def __init__(self, prior: SDXLPrior, encoder: DegradationRobustEncoder, adaptor: GLVControl,
@@ -82,12 +82,6 @@ class SUPIRModel(nn.Module):
         return fn(*args)
 
     # -- denoiser ------------------------------------------------------------------------------
-    def prior_eps(self, sample: torch.Tensor, timestep: torch.Tensor | float | int,
-                  encoder_hidden_states: torch.Tensor, added_cond_kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The plain SDXL UNet (diffusers' own forward): eps of the prior alone."""
-        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
-                         added_cond_kwargs=added_cond_kwargs, return_dict=False)[0]
-
     def control(self, sample: torch.Tensor, timestep: torch.Tensor | float | int, encoder_hidden_states: torch.Tensor,
                 added_cond_kwargs: dict[str, torch.Tensor], z_lq: torch.Tensor) -> list[torch.Tensor]:
         """The adaptor's features X_c (skips in UNet order, then mid); reusable across scales."""
@@ -164,65 +158,10 @@ class SUPIRModel(nn.Module):
             h = attention(h, encoder_hidden_states=context, return_dict=False)[0]
         return h
 
-    # -- conditioning helpers ------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_prompt(self, prompts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """SDXL text conditioning: (encoder_hidden_states (B, 77, D1 + D2), pooled (B, P)).
-
-        The penultimate hidden states of both encoders, concatenated; pooled = text encoder 2's
-        projected embedding. (SDXL pipelines zero the negative prompt when it is empty; callers
-        that want that pass zeros themselves.)"""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        device = self.unet.device
-        hidden = []
-        pooled = None
-        for tokenizer, encoder in ((self.prior.tokenizer, self.prior.text_encoder),
-                                   (self.prior.tokenizer_2, self.prior.text_encoder_2)):
-            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt").input_ids.to(device)
-            out = encoder(ids, output_hidden_states=True)
-            hidden.append(out.hidden_states[-2])  # (B, 77, D_i)
-            pooled = getattr(out, "text_embeds", None)
-        return torch.cat(hidden, dim=-1).to(self.unet.dtype), pooled.to(self.unet.dtype)
-
-    def time_ids(self, height: int, width: int, batch_size: int = 1,
-                 original_size: Optional[tuple[int, int]] = None,
-                 crops_coords_top_left: tuple[int, int] = (0, 0)) -> torch.Tensor:
-        """SDXL's micro-conditioning (original_size + crop top-left + target_size), pixels -> (B, 6)."""
-        original = original_size or (height, width)
-        # float32 whatever the prior's dtype: bf16 cannot hold every pixel size (1365 -> 1368);
-        # the UNet's sinusoidal projection computes in float32 anyway.
-        ids = torch.tensor([[*original, *crops_coords_top_left, height, width]], dtype=torch.float32,
-                           device=self.unet.device)
-        return ids.repeat(batch_size, 1)
-
-    def added_cond_kwargs(self, pooled: torch.Tensor, height: int, width: int, **time_kwargs) -> dict[str, torch.Tensor]:
-        """{"text_embeds", "time_ids"} for images of height x width pixels."""
-        return {"text_embeds": pooled, "time_ids": self.time_ids(height, width, pooled.shape[0], **time_kwargs)}
-
+    # -- E_dr (the prior's own helpers come from PriorHelpers) -----------------------------------
     def encode_lq(self, images: torch.Tensor) -> torch.Tensor:
         """z_LQ = E_dr(x_LQ): images (B, 3, H, W) in [-1, 1] -> scaled latents (B, 4, H/f, W/f), f = vae_scale_factor."""
         return self.encoder.encode_lq(images.to(self.encoder.dtype))
-
-    def encode(self, images: torch.Tensor, generator: Optional[torch.Generator] = None,
-               sample: bool = False) -> torch.Tensor:
-        """The frozen VAE encoder E (HQ latents for training, z_center): scaled mean, or a sample."""
-        dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
-        z = dist.sample(generator) if sample else dist.mean
-        shift = getattr(self.vae.config, "shift_factor", None)
-        return ((z - shift) if shift is not None else z) * self.vae.config.scaling_factor
-
-    @property
-    def vae_scale_factor(self) -> int:
-        """Image pixels per latent pixel (SDXL 8, tiny 4)."""
-        return vae_scale_factor(self.vae)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """The frozen decoder D: scaled latents (B, 4, h, w) -> images (B, 3, f h, f w), about [-1, 1]."""
-        shift = getattr(self.vae.config, "shift_factor", None)
-        z = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-        z = z + shift if shift is not None else z
-        return self.vae.decode(z, return_dict=False)[0]
 
 
 def build_trainable(prior: SDXLPrior, cfg: ModelConfig, copy_weights: bool = True

@@ -17,7 +17,7 @@ from pipelines.cli import DAG
 TABLES = {
     "crawl": "images", "filter": "filtered", "caption": "captions", "degrade": "pairs/degraded",
     "prior": None, "negatives": "pairs/negative", "train_encoder": "_stages/train_encoder",
-    "train_adaptor": "_stages/train_adaptor", "restore": "restorations", "baselines": "baselines",
+    "train_adaptor": "_stages/train_adaptor", "restore": "restorations", "ablations": None, "baselines": "baselines",
     "evaluate": "metrics",
 }
 
@@ -56,6 +56,11 @@ def resources(cfg: Any, stage: str) -> str:
     if stage == "restore":
         c = cfg.restore
         return f"{c.actors} Restorer actors x 1 CPU{_gpu(c.num_gpus_per_actor)} ({c.device}, model {c.model})"
+    if stage == "ablations":
+        c, r = cfg.ablations, cfg.restore
+        seeds = f", seeds {c.seeds}" if c.seeds else ""
+        return (f"{r.actors} Restorer actors x 1 CPU{_gpu(r.num_gpus_per_actor)} per row "
+                f"({', '.join(c.methods)}{seeds}; {c.split} pairs)")
     if stage == "baselines":
         c = cfg.baselines
         gpu = f"{_gpu(c.num_gpus_per_actor)} when the cluster has GPUs" if c.num_gpus_per_actor else ""

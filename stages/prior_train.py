@@ -44,17 +44,13 @@ from catalog.config import check, check_prob, to_dict
 from model.config import ModelConfig
 from model.devices import resolve_device
 from model.images import psnr, to_model_range, to_pil
-from model.prior import SDXLPrior, build_prior, latent_shape, save_prior
-from model.sampler import (Conditioning, GuidedDenoiser, SamplerConfig, discrete_sigmas,
+from model.prior import PriorHelpers, SDXLPrior, build_prior, latent_shape, save_prior
+from model.sampler import (NEGATIVE_QUALITY_PROMPT, Conditioning, GuidedDenoiser, SamplerConfig, discrete_sigmas,
                            sample, sampling_sigmas)
-from model.supir import SUPIRModel
 
 log = logging.getLogger(__name__)
 
 STAGE0_FILE = "stage0.json"  # metrics and config of the run, beside the diffusers folders
-# SUPIR's negative-quality prompt for its negative samples (paper section 3.2).
-NEGATIVE_QUALITY_PROMPT = ("oil painting, cartoon, blurring, dirty, messy, low quality, frames, deformed, lowres, "
-                           "over-smooth")
 
 
 @dataclass
@@ -204,8 +200,8 @@ def use_bf16(mode: str, device: torch.device) -> bool:
 # ---------------------------------------------------------------------------------------------
 # the prior as an epsilon model (the sampler's EpsModel; the SUPIR model without its trainable parts)
 
-class PriorModel(torch.nn.Module):
-    """The frozen prior alone, with SUPIRModel's text, VAE and time-id helpers (the same code, borrowed).
+class PriorModel(PriorHelpers, torch.nn.Module):
+    """The frozen prior alone, with its text, VAE and time-id helpers (model/prior.py).
 
     ``model(sample, timestep, encoder_hidden_states, added_cond_kwargs, z_lq, conditioning_scale)``
     is the plain UNet (z_lq and the scale are ignored): it drives model/sampler.py's
@@ -223,14 +219,6 @@ class PriorModel(torch.nn.Module):
     def vae(self):
         return self.prior.vae
 
-
-    encode_prompt = SUPIRModel.encode_prompt
-    time_ids = SUPIRModel.time_ids
-    added_cond_kwargs = SUPIRModel.added_cond_kwargs
-    encode = SUPIRModel.encode
-    decode = SUPIRModel.decode
-    prior_eps = SUPIRModel.prior_eps
-    vae_scale_factor = SUPIRModel.vae_scale_factor
 
     def forward(self, sample, timestep, encoder_hidden_states, added_cond_kwargs, z_lq=None, conditioning_scale=0.0):
         return self.prior_eps(sample, timestep, encoder_hidden_states, added_cond_kwargs)

@@ -18,7 +18,8 @@ from model.images import psnr
 from model.prior import load_prior
 from stages.degrade import regenerate
 from stages.negatives import KIND, NegativeMaker, NegativesConfig, sdedit, sdedit_start
-from stages.prior_train import NEGATIVE_QUALITY_PROMPT, PriorModel
+from model.sampler import NEGATIVE_QUALITY_PROMPT
+from stages.prior_train import PriorModel
 
 CROP = 64
 
