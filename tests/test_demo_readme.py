@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
+# the module's first test includes the whole demo (about 15 min on 2 cores): past the suite's 900 s
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(3600)]
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 300
