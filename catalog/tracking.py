@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 # MLflow 3 opens an experiment without this tag on its GenAI overview ("Traces: 0"); tagged as
 # model development it opens on the runs table
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-# seconds between system-metric samples (CPU, RAM, disk, network, GPU when present) of a run
-SYSTEM_METRICS_INTERVAL_S = 5.0
+# seconds between system-metric samples (CPU, RAM, disk, network, GPU when present) of a run: short
+# enough that a stage of a few seconds (the demo's crawl of 8 URLs) still gets one
+SYSTEM_METRICS_INTERVAL_S = 1.0
 
 PACKAGES = (
     "ray", "torch", "torchvision", "diffusers", "transformers", "pyarrow", "datasets", "pyiqa",

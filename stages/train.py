@@ -390,7 +390,10 @@ def train_loop(cfg: TrainConfig, model_cfg: ModelConfig, session: Session, run=N
         metric_log.log(metrics, step=done)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4g}")
-        if cfg.stage == "adaptor" and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
+        # no sample grids under FSDP: sampling through the sharded model broke the optimizer-state
+        # checkpoint that follows (tests/test_train_dist.py); DDP and single-process runs sample
+        if (cfg.stage == "adaptor" and cfg.sample_every and cfg.strategy != "fsdp"
+                and (done % cfg.sample_every == 0 or done == cfg.steps)):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 grid = sample_grid(model, cfg, data, device)
             if log_run is not None:  # key + step: the UI's image step slider

@@ -105,7 +105,7 @@ def test_readme_commands_after_the_demo(demo):
     assert Image.open(work / "restored.png").size == small.size
 
 
-def test_two_runs_compare_at_the_parent_level(demo):
+def test_two_runs_compare_at_the_parent_level(demo, monkeypatch):
     """README "Comparing runs": a second run, then the parents' Table 1 side by side in search_runs."""
     work, _ = demo
     r = shell(f"{DEMO_RUN2} 2>&1", work)
@@ -116,11 +116,17 @@ def test_two_runs_compare_at_the_parent_level(demo):
         assert r.returncode == 0, (cmd, r.stderr[-3000:])
     import mlflow
 
+    previous = mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # set_tracking_uri writes the variable: undone at teardown
     mlflow.set_tracking_uri(f"sqlite:///{work / 'lake' / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["supir-demo"], filter_string="tags.pipeline = 'full'")
+    try:
+        runs = mlflow.search_runs(experiment_names=["supir-demo"], filter_string="tags.pipeline = 'full'")
+        exp = mlflow.get_experiment_by_name("supir-demo")
+    finally:  # later tests in this process must not find the demo's store
+        mlflow.set_tracking_uri(previous)
     assert len(runs) == 2
     cols = [c for c in runs.columns if c.startswith("metrics.") and "/supir/" in c]
-    assert {"metrics.psnry/supir/realesrgan x4", "metrics.niqe/bicubic/realesrgan x4"} <= set(runs.columns)
+    # Table 1 cells of the held-out pairs (the split is the cell name's last part)
+    assert {"metrics.psnry/supir/realesrgan x4/heldout", "metrics.niqe/bicubic/realesrgan x4/heldout"} <= set(runs.columns)
     assert runs[cols].notna().all().all()
-    exp = mlflow.get_experiment_by_name("supir-demo")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -91,7 +91,7 @@ def test_baselines_then_evaluate(ctx, ray_local):
     # the report and the canned query agree
     from catalog.sql import connect
 
-    con = connect(lake.root, ctx.tracker.uri)
+    con = connect(lake.root, ctx.tracker.uri, writable=True)  # reads the parts itself: needs file access
     con.execute(f"CREATE VIEW metrics2 AS SELECT * FROM read_parquet('{lake.path('metrics')}/*.parquet')")
     sql_df = con.execute(TABLE1_SQL.replace("FROM metrics", "FROM metrics2")).df()
     import pandas as pd

@@ -19,6 +19,7 @@ from model.prior import load_prior
 from stages.degrade import regenerate
 from stages.negatives import KIND, NegativeMaker, NegativesConfig, sdedit, sdedit_start
 from model.sampler import NEGATIVE_QUALITY_PROMPT
+from stages.split import SplitConfig
 from stages.prior_train import PriorModel
 
 CROP = 64
@@ -183,7 +184,8 @@ def test_pipeline_prior_and_negatives(tmp_path, photos):
         ray=RayConfig(num_cpus=2, progress_bars=False), model=ModelConfig(prior="train"),
         prior_train=PriorTrainConfig(vae_steps=3, unet_steps=3, crop_size=32, batch_size=2, eval_crops=2,
                                      sample_steps=2, num_threads=1, progress=False),
-        negatives=NegativesConfig(crop_size=CROP, num_steps=4, batch_size=2))
+        negatives=NegativesConfig(crop_size=CROP, num_steps=4, batch_size=2),
+        split=SplitConfig(heldout_fraction=0.0, min_heldout=0))  # every photo in the train split: stage 0 sees all
     tracker = Tracker(cfg.tracking, cfg.lake)
     ctx = Context(cfg, lake, tracker)
     with tracker.pipeline("prior-test", {}):
