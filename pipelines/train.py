@@ -267,7 +267,8 @@ def run_train(ctx, stage: str) -> dict[str, Any]:
                      "train_config.yaml")
         t0 = time.time()
         images = train_images(ctx)
-        run.log_metrics({"train_images": len(images)})
+        if images is not None:  # None: no `filtered` table, every pair trains
+            run.log_metrics({"train_images": len(images)})
         trainer = make_trainer(cfg, model_cfg, f"{section.name}-{stage}", storage(lake), train_dataset(lake, images),
                                run, init_from, degrade if cfg.on_the_fly_degradation else None)
         result = trainer.fit()
