@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 
 from catalog.config import check, digest
-from model.images import to_pil, to_tensor
-from stages.restore import RestoreConfig, Restorer, working_size
+from model.images import to_pil
+from stages.restore import RestoreConfig, Restorer
 
 PASS_THROUGH = ("vae", "stage1")
 SAMPLER_ROWS = ("supir_control0",)
@@ -98,9 +98,8 @@ class PassThroughRestorer(Restorer):
     @torch.inference_mode()
     def restore(self, img: Image.Image, key: str, caption: Optional[str] = None,
                 scale: Optional[int] = None) -> Image.Image:
-        cfg, model = self.cfg, self.model
-        (tw, th), (sw, sh) = working_size(img.width, img.height, scale or cfg.upscale, cfg.min_size)
-        x_lq = to_tensor(img.resize((sw, sh), Image.Resampling.BICUBIC)).to(self.device, self.dtype)  # (1, 3, H, W)
+        model = self.model
+        (tw, th), (sw, sh), x_lq = self.prepare(img, scale)  # x_lq: (1, 3, H, W)
         encode, encoder = ((model.encode_lq, model.encoder) if self.mode == "stage1"
                            else (model.encode, model.vae.encoder))
         t0 = time.perf_counter()

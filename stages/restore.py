@@ -273,13 +273,19 @@ class Restorer:
         neg = Conditioning(hidden[1:], {k: v[1:] for k, v in added.items()})
         return pos, neg
 
+    def prepare(self, img: Image.Image, scale: Optional[int] = None
+                ) -> tuple[tuple[int, int], tuple[int, int], torch.Tensor]:
+        """(output size, working size, x_LQ): the image resized bicubic to the working size, (1, 3, H, W)."""
+        (tw, th), (sw, sh) = working_size(img.width, img.height, scale or self.cfg.upscale, self.cfg.min_size)
+        x_lq = to_tensor(img.resize((sw, sh), Image.Resampling.BICUBIC)).to(self.device, self.dtype)
+        return (tw, th), (sw, sh), x_lq
+
     @torch.inference_mode()
     def restore(self, img: Image.Image, key: str, caption: Optional[str] = None,
                 scale: Optional[int] = None) -> Image.Image:
         """One RGB image -> its restoration at ``scale`` (default ``upscale``) times its size."""
         cfg, model = self.cfg, self.model
-        (tw, th), (sw, sh) = working_size(img.width, img.height, scale or cfg.upscale, cfg.min_size)
-        x_lq = to_tensor(img.resize((sw, sh), Image.Resampling.BICUBIC)).to(self.device, self.dtype)  # (1, 3, H, W)
+        (tw, th), (sw, sh), x_lq = self.prepare(img, scale)  # x_lq: (1, 3, H, W)
 
         z_lq = self._vae(model.encode_lq, x_lq, True, model.encoder).to(self.dtype)  # (1, 4, H/8, W/8)
         x_stage1 = self._vae(model.decode, z_lq, False, model.vae.decoder)  # (1, 3, H, W)
