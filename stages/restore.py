@@ -183,8 +183,13 @@ def resolve_model_path(uri: str, tracking_uri: Optional[str] = None) -> Path:
     newest version. The tracking (and registry) URI is ``tracking_uri``, else MLFLOW_TRACKING_URI,
     else MLflow's default."""
     if uri.startswith(("models:/", "runs:/")):
+        import os
+
         import mlflow
 
+        # explicit, as the docstring says: MlflowClient(None) would prefer a URI that an earlier
+        # mlflow.set_tracking_uri() left in this process over the environment
+        tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
         source = _model_version_source(uri, tracking_uri) if uri.startswith("models:/") else uri
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking_uri))
         found = [p.parent for p in sorted(local.rglob("supir.json"))]
