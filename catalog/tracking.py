@@ -242,6 +242,44 @@ class RunRef:
             self.client().log_table(self.run_id, data=df, artifact_file=name)
 
 
+class MetricLog:
+    """Per-step metrics of a training loop for one MLflow run, buffered and sent in batches (one
+    store write per flush instead of one per step).
+
+    ``run``: a :class:`RunRef`; None or a disabled RunRef makes every call a no-op, so a loop logs
+    the same way on every rank and with tracking off. :meth:`log` flushes by itself every
+    ``flush_every`` calls; call :meth:`flush` at checkpoints and at the end."""
+
+    def __init__(self, run: RunRef | None = None, flush_every: int = 10):
+        check(isinstance(flush_every, int) and flush_every >= 1, "MetricLog.flush_every", flush_every,
+              "an integer >= 1")
+        self.run = run if run is not None and run.enabled else None
+        self.flush_every = flush_every
+        self.pending: list[Any] = []  # mlflow.entities.Metric
+        self._calls = 0
+        self._client = None
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        if self.run is None:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.pending += [Metric(_clean(k), float(v), ts, step) for k, v in metrics.items() if v is not None]
+        self._calls += 1
+        if self._calls % self.flush_every == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.run is None or not self.pending:
+            return
+        if self._client is None:
+            self._client = self.run.client()
+        for i in range(0, len(self.pending), 1000):  # MLflow's batch limit
+            self._client.log_batch(self.run.run_id, metrics=self.pending[i : i + 1000])
+        self.pending = []
+
+
 def _clean(key: str) -> str:
     # MLflow keys allow alphanumerics, _ - . space / : only
     return "".join(c if c.isalnum() or c in "_-. /:" else "_" for c in str(key))[:250]

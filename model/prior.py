@@ -35,6 +35,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from catalog.config import ConfigError
 from model.config import architecture
+from model.sampler import Conditioning
 from model.tokenizer import clip_tokenizer
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
@@ -157,7 +158,7 @@ class SDXLPrior(nn.Module):
 
 
 class PriorHelpers:
-    """For modules that hold the frozen prior as ``self.prior`` (SUPIRModel, stage 0's PriorModel):
+    """For modules that hold the frozen prior as ``self.prior`` (SUPIRModel, :class:`PriorModel`):
     the prior's conditioning, VAE and plain-UNet helpers as their own methods, written once."""
 
     prior: SDXLPrior
@@ -186,6 +187,41 @@ class PriorHelpers:
     @property
     def vae_scale_factor(self) -> int:
         return self.prior.vae_scale_factor
+
+
+class PriorModel(PriorHelpers, nn.Module):
+    """The frozen prior alone as model/sampler.py's epsilon model, with the prior's helpers.
+
+    ``model(sample, timestep, encoder_hidden_states, added_cond_kwargs, z_lq, conditioning_scale)``
+    is the plain UNet (z_lq and the scale are ignored): it drives model/sampler.py's
+    GuidedDenoiser for text-to-image and image-to-image without building the adaptor (stage 0's
+    sample grids, the negatives stage's SDEdit)."""
+
+    def __init__(self, prior: SDXLPrior):
+        super().__init__()
+        self.prior = prior
+
+    @property
+    def unet(self) -> UNet2DConditionModel:
+        return self.prior.unet
+
+    @property
+    def vae(self) -> AutoencoderKL:
+        return self.prior.vae
+
+    def forward(self, sample, timestep, encoder_hidden_states, added_cond_kwargs, z_lq=None, conditioning_scale=0.0):
+        return self.prior_eps(sample, timestep, encoder_hidden_states, added_cond_kwargs)
+
+    def conditioning(self, prompts: Sequence[str], height: int, width: int,
+                     zero: Optional[Sequence[bool]] = None) -> Conditioning:
+        """SDXL conditioning of ``prompts`` for height x width images; rows with ``zero`` set are
+        all zeros (SDXL's unconditional embedding)."""
+        hidden, pooled = self.encode_prompt(list(prompts))  # (B, 77, D), (B, P)
+        if zero is not None:
+            keep = torch.tensor([not z for z in zero], dtype=hidden.dtype, device=hidden.device)
+            hidden, pooled = hidden * keep[:, None, None], pooled * keep[:, None]
+        return Conditioning(hidden, self.added_cond_kwargs(pooled, height, width))
+
 
 def vae_scale_factor(vae: Any) -> int:
     """Image pixels per latent pixel of an AutoencoderKL (or its config): 2 ** (levels - 1), as in

@@ -25,7 +25,7 @@ from stages.caption import CaptionConfig
 from stages.crawl import CrawlConfig
 from stages.filter import FilterConfig
 from stages.negatives import NegativesConfig
-from stages.prior_train import PriorTrainConfig
+from stages.prior_train_config import PriorTrainConfig
 from stages.restore import RestoreConfig
 from stages.split import SplitConfig
 from stages.train_config import TrainSection

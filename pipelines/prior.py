@@ -53,7 +53,8 @@ from model.config import ModelConfig
 from pipelines.common import train_image_ids
 from stages.split import SplitConfig
 from stages.negatives import NegativeMaker, NegativesConfig, preview_grid
-from stages.prior_train import STAGE0_FILE, PriorTrainConfig, read_stage0, train_prior
+from stages.prior_train import STAGE0_FILE, read_stage0, train_prior
+from stages.prior_train_config import PriorTrainConfig
 
 log = logging.getLogger("supir")
 

@@ -52,11 +52,10 @@ from degradations import DegradeConfig, degrade_target, draw_params, ops
 from model.config import DTYPES as MODEL_DTYPES
 from model.devices import resolve_device, resolve_dtype
 from model.images import psnr, to_model_range
-from model.prior import SDXLPrior, latent_shape, load_prior
+from model.prior import PriorModel, SDXLPrior, latent_shape, load_prior
 from model.sampler import (NEGATIVE_QUALITY_PROMPT, GuidedDenoiser, SamplerConfig, sample, sampling_sigmas,
                            seeded_generator)
 from stages.degrade import PAIR_COLUMNS, PAIR_DTYPES, decode_rgb, encode_png
-from stages.prior_train import PriorModel
 
 log = logging.getLogger(__name__)
 

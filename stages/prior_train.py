@@ -18,7 +18,10 @@ negative samples) learns against random weights. Stage 0 trains, from scratch, i
 
 The text encoders keep their seeded random weights (frozen, like SDXL's): they are fixed feature
 maps of the caption. ``train_prior`` saves the result with model/prior.py's ``save_prior``; the
-folder is then a ``ModelConfig.prior`` like any SDXL folder. Imports no Ray.
+folder is then a ``ModelConfig.prior`` like any SDXL folder. Its config is
+stages/prior_train_config.py, its data (crops, held-out crops, augmentations)
+stages/prior_train_data.py; the prior as an epsilon model is model/prior.py's ``PriorModel``.
+Imports no Ray.
 """
 from __future__ import annotations
 
@@ -29,9 +32,8 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -39,302 +41,19 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from catalog import codec
-from catalog.config import check, check_prob, to_dict
+from catalog.config import to_dict
+from catalog.tracking import MetricLog
 from model.config import ModelConfig
 from model.devices import resolve_device
-from model.images import psnr, to_model_range, to_pil
-from model.prior import PriorHelpers, SDXLPrior, build_prior, latent_shape, save_prior
-from model.sampler import (NEGATIVE_QUALITY_PROMPT, Conditioning, GuidedDenoiser, SamplerConfig, discrete_sigmas,
-                           sample, sampling_sigmas)
+from model.images import psnr, to_pil
+from model.prior import PriorModel, build_prior, latent_shape, save_prior
+from model.sampler import Conditioning, GuidedDenoiser, SamplerConfig, discrete_sigmas, sample, sampling_sigmas
+from stages.prior_train_config import PriorTrainConfig, use_bf16
+from stages.prior_train_data import CropSampler, blur_lowres, decode_images, grid_crops, recolor, split_holdout
 
 log = logging.getLogger(__name__)
 
 STAGE0_FILE = "stage0.json"  # metrics and config of the run, beside the diffusers folders
-
-
-@dataclass
-class PriorTrainConfig:
-    """The `prior_train:` section: stage 0, training the prior of a preset without pretrained weights."""
-
-    vae_steps: int = 1000
-    """Optimizer steps of the autoencoder."""
-
-    unet_steps: int = 500
-    """Optimizer steps of the latent diffusion UNet."""
-
-    crop_size: int = 64
-    """Side of the square HQ training crops, pixels (a multiple of 8: SDXL's VAE downsamples 8x, the tiny one 4x)."""
-
-    batch_size: int = 8
-    """Crops per optimizer step (both parts)."""
-
-    vae_lr: float = 2e-3
-    """Peak AdamW learning rate of the autoencoder (linear warmup, cosine decay to 10%; on the
-    tiny preset 2e-3 beat 1e-3 and 5e-3 by 1.2 dB or more after 300 steps)."""
-
-    unet_lr: float = 1e-3
-    """Peak AdamW learning rate of the UNet (linear warmup, cosine decay to 10%)."""
-
-    warmup_steps: int = 50
-    """Linear learning-rate warmup, steps (each part)."""
-
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-
-    grad_clip: float = 1.0
-    """Gradient norm clipping (0: off)."""
-
-    kl_weight: float = 1e-6
-    """Weight of the KL term of the autoencoder (Rombach et al. 2022: 1e-6)."""
-
-    min_scale: float = 0.5
-    """Crops are cut from the image resized by a random factor in [min_scale, 1] (1: full resolution only)."""
-
-    prompt_dropout: float = 0.1
-    """Probability that a sample's text conditioning is zeroed (the unconditional branch of CFG)."""
-
-    negative_prob: float = 0.2
-    """Probability that a crop is blurred (4x down, bilinear up) and captioned with ``negative_prompt``."""
-
-    recolor: float = 0.0
-    """Probability that an autoencoder training crop is recoloured: its RGB channels permuted and
-    each remapped to a random sub-range of [-1, 1] (:func:`recolor`), for a VAE trained on a few
-    photos that must reproduce colours they lack. Measured on the demo (1500 steps, 7 photos, the
-    sunset held out), it removed one seed's pink cast on the sky, but over seeds 0-2 held-out PSNR
-    went from 28.9 to 29.1 dB on average, inside the seeds' own spread (27.8-29.8), so the demo
-    leaves it off. The UNet always trains on the true colours."""
-
-    negative_prompt: str = NEGATIVE_QUALITY_PROMPT
-    """The negative-quality caption taught with ``negative_prob``."""
-
-    captions: Literal["captions", "none"] = "captions"
-    """Text of each image: its row in the `captions` table ("captions"; empty when it has none), or
-    always empty ("none": an unconditional model that still takes text)."""
-
-    holdout_images: int = 1
-    """Images kept out of training; held-out PSNR and eval loss are measured on their crops."""
-
-    eval_crops: int = 16
-    """Held-out crops (full resolution, deterministic positions) for PSNR and the eval loss."""
-
-    eval_crop_size: int = 0
-    """Side of the held-out crops, pixels (0: crop_size). Set it to the size the prior will see,
-    e.g. the degrade stage's gt_size (the demo: 128)."""
-
-    sample_steps: int = 20
-    """Euler steps of the sample grid drawn after training (0: no grid)."""
-
-    log_every: int = 20
-    """Log losses to MLflow every this many steps."""
-
-    seed: int = 0
-    """Seed of the crops, noise, timesteps and dropout (model init uses model.seed)."""
-
-    device: str = "auto"
-    """auto (cuda when available), cpu, cuda or cuda:N."""
-
-    mixed_precision: Literal["auto", "bf16", "no"] = "auto"
-    """bf16 autocast of the training forward passes. auto: on a GPU, and on a CPU with native bf16
-    (AVX512-BF16/AMX, where the tiny VAE step ran 1.7x faster); evaluation stays float32."""
-
-    num_threads: int = 0
-    """torch CPU threads while training (0: leave torch's setting)."""
-
-    num_gpus: float = 0.0
-    """GPUs of the Ray task that trains the prior (pipelines/prior.py), when the cluster has GPUs."""
-
-    output_dir: str = ""
-    """Folder for trained priors, one digest-named subfolder each; empty: <lake>/priors (local lakes)."""
-
-    progress: bool = True
-    """Progress bars over the training steps."""
-
-    def __post_init__(self) -> None:
-        for key in ("vae_steps", "unet_steps"):
-            v = getattr(self, key)
-            check(isinstance(v, int) and v >= 0, f"prior_train.{key}", v, "an integer >= 0")
-        check(isinstance(self.crop_size, int) and self.crop_size >= 32 and self.crop_size % 8 == 0,
-              "prior_train.crop_size", self.crop_size, "a multiple of 8, >= 32")
-        check(isinstance(self.batch_size, int) and self.batch_size >= 1, "prior_train.batch_size", self.batch_size,
-              "an integer >= 1")
-        for key in ("vae_lr", "unet_lr"):
-            v = getattr(self, key)
-            check(0 < v < 1, f"prior_train.{key}", v, "a learning rate in (0, 1)")
-        check(self.warmup_steps >= 0, "prior_train.warmup_steps", self.warmup_steps, "an integer >= 0")
-        check(self.weight_decay >= 0, "prior_train.weight_decay", self.weight_decay, "a number >= 0")
-        check(self.grad_clip >= 0, "prior_train.grad_clip", self.grad_clip, "a number >= 0 (0: off)")
-        check(self.kl_weight >= 0, "prior_train.kl_weight", self.kl_weight, "a number >= 0")
-        check(0 < self.min_scale <= 1, "prior_train.min_scale", self.min_scale, "a number in (0, 1]")
-        check_prob(self.prompt_dropout, "prior_train.prompt_dropout")
-        check_prob(self.negative_prob, "prior_train.negative_prob")
-        check_prob(self.recolor, "prior_train.recolor")
-        check(self.holdout_images >= 0, "prior_train.holdout_images", self.holdout_images, "an integer >= 0")
-        check(self.eval_crops >= 1, "prior_train.eval_crops", self.eval_crops, "an integer >= 1")
-        check(self.eval_crop_size == 0 or (self.eval_crop_size >= 32 and self.eval_crop_size % 8 == 0),
-              "prior_train.eval_crop_size", self.eval_crop_size, "0 (crop_size) or a multiple of 8, >= 32")
-        check(self.sample_steps >= 0, "prior_train.sample_steps", self.sample_steps, "an integer >= 0")
-        check(self.log_every >= 1, "prior_train.log_every", self.log_every, "an integer >= 1")
-        check(isinstance(self.seed, int) and self.seed >= 0, "prior_train.seed", self.seed, "an integer >= 0")
-        dev = self.device
-        check(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
-              "prior_train.device", dev, "auto, cpu, cuda or cuda:N")
-        check(self.mixed_precision in ("auto", "bf16", "no"), "prior_train.mixed_precision", self.mixed_precision,
-              "auto, bf16 or no")
-        check(self.num_threads >= 0, "prior_train.num_threads", self.num_threads, "an integer >= 0")
-        check(self.num_gpus >= 0, "prior_train.num_gpus", self.num_gpus, "a number >= 0")
-
-
-def use_bf16(mode: str, device: torch.device) -> bool:
-    """Whether ``mixed_precision`` (auto, bf16, no) means bf16 autocast on ``device``."""
-    if mode != "auto":
-        return mode == "bf16"
-    if device.type == "cuda":
-        return True
-    try:  # a CPU with native bf16 matmul/conv (oneDNN); emulated bf16 would be slower than float32
-        return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-# ---------------------------------------------------------------------------------------------
-# the prior as an epsilon model (the sampler's EpsModel; the SUPIR model without its trainable parts)
-
-class PriorModel(PriorHelpers, torch.nn.Module):
-    """The frozen prior alone, with its text, VAE and time-id helpers (model/prior.py).
-
-    ``model(sample, timestep, encoder_hidden_states, added_cond_kwargs, z_lq, conditioning_scale)``
-    is the plain UNet (z_lq and the scale are ignored): it drives model/sampler.py's
-    GuidedDenoiser for text-to-image and image-to-image without building the adaptor."""
-
-    def __init__(self, prior: SDXLPrior):
-        super().__init__()
-        self.prior = prior
-
-    @property
-    def unet(self):
-        return self.prior.unet
-
-    @property
-    def vae(self):
-        return self.prior.vae
-
-
-    def forward(self, sample, timestep, encoder_hidden_states, added_cond_kwargs, z_lq=None, conditioning_scale=0.0):
-        return self.prior_eps(sample, timestep, encoder_hidden_states, added_cond_kwargs)
-
-    def conditioning(self, prompts: Sequence[str], height: int, width: int,
-                     zero: Optional[Sequence[bool]] = None) -> Conditioning:
-        """SDXL conditioning of ``prompts`` for height x width images; rows with ``zero`` set are
-        all zeros (SDXL's unconditional embedding)."""
-        hidden, pooled = self.encode_prompt(list(prompts))  # (B, 77, D), (B, P)
-        if zero is not None:
-            keep = torch.tensor([not z for z in zero], dtype=hidden.dtype, device=hidden.device)
-            hidden, pooled = hidden * keep[:, None, None], pooled * keep[:, None]
-        return Conditioning(hidden, self.added_cond_kwargs(pooled, height, width))
-
-
-# ---------------------------------------------------------------------------------------------
-# data: decoded images, random crops, held-out crops
-
-def decode_images(images: Sequence[bytes | np.ndarray]) -> list[np.ndarray | None]:
-    """Encoded images (or (H, W, 3) uint8 arrays) -> (H, W, 3) uint8 arrays, EXIF orientation
-    applied; None for bytes that do not decode (the caller skips them)."""
-    out: list[np.ndarray | None] = []
-    for data in images:
-        if isinstance(data, np.ndarray):
-            out.append(np.ascontiguousarray(data[..., :3]))
-            continue
-        try:
-            out.append(codec.decode_array(bytes(data)))
-        except Exception as e:  # noqa: BLE001 - a corrupt image is skipped, not fatal
-            log.warning("stage 0: skipping an image that does not decode (%s: %s)", type(e).__name__, e)
-            out.append(None)
-    return out
-
-
-def split_holdout(n: int, holdout: int) -> tuple[list[int], list[int]]:
-    """(train, held-out) image indices: the last ``holdout`` images are held out, but never all of them."""
-    holdout = min(holdout, max(n - 1, 0))
-    return list(range(n - holdout)), list(range(n - holdout, n))
-
-
-class CropSampler:
-    """Random square crops of ``size`` px from a list of images, at a random scale in [min_scale, 1].
-
-    A crop of side size / scale is cut and resized to size (antialiased), so min_scale < 1 shows
-    the model downscaled content too. Every draw comes from ``generator``."""
-
-    def __init__(self, images: Sequence[np.ndarray], size: int, min_scale: float, generator: torch.Generator):
-        self.images = [im for im in images if min(im.shape[:2]) >= size]
-        if not self.images:
-            raise ValueError(f"no training image has a short side of at least crop_size = {size} px")
-        self.size, self.min_scale, self.g = size, min_scale, generator
-
-    def _uniform(self) -> float:
-        return float(torch.rand((), generator=self.g))
-
-    def __call__(self, batch_size: int) -> tuple[torch.Tensor, list[int]]:
-        """(crops (B, 3, size, size) in [-1, 1], image index of each crop)."""
-        crops, idx = [], []
-        for _ in range(batch_size):
-            i = int(torch.randint(len(self.images), (), generator=self.g))
-            img = self.images[i]
-            h, w = img.shape[:2]
-            lo = max(self.min_scale, self.size / min(h, w))
-            scale = lo + (1.0 - lo) * self._uniform()
-            side = min(int(round(self.size / scale)), h, w)
-            top = int(torch.randint(h - side + 1, (), generator=self.g))
-            left = int(torch.randint(w - side + 1, (), generator=self.g))
-            x = to_model_range(img[top : top + side, left : left + side])  # (3, side, side)
-            if side != self.size:
-                x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", antialias=True,
-                                  align_corners=False)[0].clamp(-1, 1)
-            if self._uniform() < 0.5:
-                x = x.flip(-1)
-            crops.append(x)
-            idx.append(i)
-        return torch.stack(crops), idx
-
-
-def grid_crops(images: Sequence[np.ndarray], size: int, n: int) -> torch.Tensor:
-    """n full-resolution crops at fixed, evenly spread positions of ``images`` -> (n, 3, size, size)."""
-    out = []
-    per = max(1, math.ceil(n / max(len(images), 1)))
-    for img in images:
-        h, w = img.shape[:2]
-        if min(h, w) < size:
-            continue
-        k = math.ceil(math.sqrt(per))
-        for j in range(per):
-            r, c = divmod(j, k)
-            top = int(round((h - size) * (r + 0.5) / k))
-            left = int(round((w - size) * (c + 0.5) / k))
-            out.append(to_model_range(img[top : top + size, left : left + size]))
-    if not out:
-        raise ValueError(f"no held-out image has a short side of at least {size} px")
-    return torch.stack(out[:n])
-
-
-def blur_lowres(x: torch.Tensor, factor: int = 4) -> torch.Tensor:
-    """The negative-quality look taught in stage 0: area-downsample ``factor``x, bilinear back up."""
-    h, w = x.shape[-2:]
-    small = F.interpolate(x, size=(max(1, h // factor), max(1, w // factor)), mode="area")
-    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
-
-
-def recolor(x: torch.Tensor, prob: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Each image of ``x`` (B, C, H, W) in [-1, 1], with probability ``prob``, gets a random channel
-    permutation and then a random affine remap of each channel onto a sub-range of [-1, 1] of width
-    at least 0.5, so that colours between and beyond the photos' palettes come up too."""
-    out = x.clone()
-    for i in range(len(x)):
-        if float(torch.rand((), generator=generator)) < prob:
-            width = 0.5 + 1.5 * torch.rand(x.shape[1], 1, 1, generator=generator)  # (C, 1, 1)
-            low = -1 + (2 - width) * torch.rand(x.shape[1], 1, 1, generator=generator)
-            permuted = x[i, torch.randperm(x.shape[1], generator=generator)]
-            out[i] = low + (permuted + 1) / 2 * width
-    return out
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -343,37 +62,6 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
         return peak * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
-
-
-# ---------------------------------------------------------------------------------------------
-# MLflow
-
-class MetricLog:
-    """Buffers per-step metrics and sends them to an MLflow run in batches (RunRef or None)."""
-
-    def __init__(self, run: Any = None, every: int = 20):
-        self.run = run if run is not None and getattr(run, "enabled", False) else None
-        self.every = every
-        self.buffer: list[tuple[str, float, int]] = []
-
-    def add(self, step: int, **metrics: float) -> None:
-        if self.run is None:
-            return
-        self.buffer.extend((k, float(v), step) for k, v in metrics.items())
-        if len(self.buffer) >= 100 * self.every:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.run is None or not self.buffer:
-            return
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)
-        metrics = [Metric(k, v, ts, s) for k, v, s in self.buffer]
-        client = self.run.client()
-        for i in range(0, len(metrics), 1000):  # MLflow's batch limit
-            client.log_batch(self.run.run_id, metrics=metrics[i : i + 1000])
-        self.buffer.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,15 +145,15 @@ def train_vae(vae, crops: CropSampler, cfg: PriorTrainConfig, heldout: torch.Ten
         _step(opt, params, loss, lr, cfg.grad_clip)
         losses.append(mse.item())
         if step % cfg.log_every == 0 or step == cfg.vae_steps - 1:
-            metrics.add(step, **{"vae/mse": mse.item(), "vae/kl": kl.item(), "vae/lr": lr,
-                                 "vae/psnr_train": float(10 * math.log10(4.0 / max(mse.item(), 1e-10)))})
+            metrics.log({"vae/mse": mse.item(), "vae/kl": kl.item(), "vae/lr": lr,
+                         "vae/psnr_train": float(10 * math.log10(4.0 / max(mse.item(), 1e-10)))}, step)
     seconds = time.time() - t0
     vae.requires_grad_(False).eval()
     scores = psnr(reconstruct(vae, heldout), heldout)  # (n,)
     out = {"psnr_heldout_init": psnr_init, "psnr_heldout": float(scores.mean()),
            "psnr_heldout_min": float(scores.min()), "seconds": seconds, "steps": cfg.vae_steps,
            **_curve(losses, "mse")}
-    metrics.add(cfg.vae_steps, **{"vae/psnr_heldout": out["psnr_heldout"]})
+    metrics.log({"vae/psnr_heldout": out["psnr_heldout"]}, cfg.vae_steps)
     return out
 
 
@@ -576,12 +264,12 @@ def train_unet(model: PriorModel, crops: CropSampler, captions: Sequence[str], c
         _step(opt, params, loss, lr, cfg.grad_clip)
         losses.append(loss.item())
         if step % cfg.log_every == 0 or step == cfg.unet_steps - 1:
-            metrics.add(step, **{"unet/loss": loss.item(), "unet/lr": lr})
+            metrics.log({"unet/loss": loss.item(), "unet/lr": lr}, step)
     seconds = time.time() - t0
     unet.requires_grad_(False).eval()
     out = {"eval_loss_init": loss_init, "eval_loss": eval_loss(), "seconds": seconds, "steps": cfg.unet_steps,
            **_curve(losses, "loss")}
-    metrics.add(cfg.unet_steps, **{"unet/eval_loss": out["eval_loss"], "unet/eval_loss_init": loss_init})
+    metrics.log({"unet/eval_loss": out["eval_loss"], "unet/eval_loss_init": loss_init}, cfg.unet_steps)
     return out
 
 
@@ -642,7 +330,7 @@ def _train_prior(cfg, model_cfg, images, captions, out_dir, log_run, device) -> 
     g = torch.Generator().manual_seed(cfg.seed)
     crops = CropSampler([decoded[i] for i in train_idx], cfg.crop_size, cfg.min_scale, g)
     crop_texts = [texts[i] for i in train_idx if min(decoded[i].shape[:2]) >= cfg.crop_size]
-    metrics = MetricLog(log_run, cfg.log_every)
+    metrics = MetricLog(log_run)
 
     prior = build_prior(model_cfg.preset, device=device, seed=model_cfg.seed)
     model = PriorModel(prior)
@@ -668,9 +356,9 @@ def _train_prior(cfg, model_cfg, images, captions, out_dir, log_run, device) -> 
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
 
-    metrics.add(0, **{"psnr_heldout": vae_out["psnr_heldout"], "scaling_factor": result["scaling_factor"],
-                      "unet_eval_loss": unet_out["eval_loss"], "seconds_total": result["seconds"],
-                      **{f"samples/{k}": v for k, v in result.get("samples", {}).items()}})
+    metrics.log({"psnr_heldout": vae_out["psnr_heldout"], "scaling_factor": result["scaling_factor"],
+                 "unet_eval_loss": unet_out["eval_loss"], "seconds_total": result["seconds"],
+                 **{f"samples/{k}": v for k, v in result.get("samples", {}).items()}}, 0)
     metrics.flush()
     if metrics.run is not None:
         for name, img in grids.items():

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from model.config import ModelConfig
-from stages.prior_train import PriorTrainConfig, read_stage0, train_prior
+from stages.prior_train import read_stage0, train_prior
+from stages.prior_train_config import PriorTrainConfig
 
 # Small enough for the CPU test budget (crop 32: latents 4x4), large enough to learn something.
 TEST_PRIOR = PriorTrainConfig(vae_steps=200, unet_steps=100, crop_size=32, batch_size=8, vae_lr=5e-3, unet_lr=1e-3,

@@ -15,12 +15,11 @@ from catalog.config import ConfigError
 from catalog.lake import conform
 from catalog.schemas import pair_id_of
 from model.images import psnr
-from model.prior import load_prior
+from model.prior import PriorModel, load_prior
 from stages.degrade import regenerate
 from stages.negatives import KIND, NegativeMaker, NegativesConfig, sdedit, sdedit_start
 from model.sampler import NEGATIVE_QUALITY_PROMPT
 from stages.split import SplitConfig
-from stages.prior_train import PriorModel
 
 CROP = 64
 
@@ -167,7 +166,8 @@ def test_pipeline_prior_and_negatives(tmp_path, photos):
     from pipelines.config import RayConfig
     from pipelines.prior import PriorRunConfig, run_negatives, run_prior
     from stages.degrade import DegradeConfig, Degrader
-    from stages.prior_train import PriorTrainConfig, read_stage0
+    from stages.prior_train import read_stage0
+    from stages.prior_train_config import PriorTrainConfig
 
     torch_threads(1)
     lake = Lake(str(tmp_path / "lake"))

@@ -11,18 +11,11 @@ from prior_fixtures import sample_images, torch_threads, trained_prior
 from catalog.config import ConfigError, from_dict
 from model.config import ModelConfig
 from model.images import psnr
-from model.prior import build_prior, load_prior
+from model.prior import PriorModel, build_prior, load_prior
 from model.supir import build_model
-from stages.prior_train import (
-    CropSampler,
-    PriorModel,
-    PriorTrainConfig,
-    grid_crops,
-    lr_at,
-    recolor,
-    split_holdout,
-    train_prior,
-)
+from stages.prior_train import lr_at, train_prior
+from stages.prior_train_config import PriorTrainConfig
+from stages.prior_train_data import CropSampler, grid_crops, recolor, split_holdout
 
 # TEST_PRIOR is a smoke-sized stage 0 (200 VAE steps at 32 px): on the 8 sample photos it measured
 # about 16-17 dB held-out PSNR (from 9.7 dB at init). The demo's defaults (2000 steps at 64 px) go

@@ -32,7 +32,8 @@ def demo_budget_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("stage1")
     from model.supir import build_model
     from pipelines.config import load_config
-    from stages.prior_train import read_stage0, split_holdout, train_prior
+    from stages.prior_train import read_stage0, train_prior
+    from stages.prior_train_data import split_holdout
 
     torch.set_num_threads(2)
     demo = load_config(DEMO)
