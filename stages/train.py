@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from catalog.config import from_dict, to_dict
+from catalog.tracking import MetricLog
 from model.config import ModelConfig
 from model.images import to_pil
 from stages import train_dist as dist_utils
@@ -228,30 +229,6 @@ def load_checkpoint(checkpoint_dir: Optional[str], model, cfg: TrainConfig) -> d
     state["optimizer"] = torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)
     state["ema"] = load_file(str(d / "ema.safetensors")) if (d / "ema.safetensors").is_file() else None
     return state
-
-
-class MetricLog:
-    """Per-step metrics to an MLflow run (rank 0), sent in batches (one database write per flush)."""
-
-    def __init__(self, run, every: int = 10):
-        self.run, self.every, self.pending = run, every, []
-        self.client = run.client() if run is not None else None
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        if self.client is None:
-            return
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), ts, step) for k, v in metrics.items()]
-        if len(self.pending) >= self.every * len(metrics):
-            self.flush()
-
-    def flush(self) -> None:
-        if self.client is not None and self.pending:
-            for i in range(0, len(self.pending), 1000):  # MLflow's batch limit
-                self.client.log_batch(self.run.run_id, metrics=self.pending[i:i + 1000])
-            self.pending = []
 
 
 class EMA:

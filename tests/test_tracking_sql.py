@@ -106,3 +106,30 @@ def test_sql_is_read_only_unless_asked(tmp_path, capsys):
     assert sql.connect(lake_root).execute("SELECT count(*) FROM images WHERE status = 'ok'").fetchone()[0] >= 2
     assert sql.main(["--lake", lake_root, "--writable", f"COPY (SELECT 1 AS one) TO {q(tmp_path / 'out.csv')}"]) == 0
     assert (tmp_path / "out.csv").read_text().strip() == "one\n1"
+
+
+def test_metric_log_sends_batches_and_does_nothing_without_an_enabled_run(tmp_path, monkeypatch):
+    """catalog.tracking.MetricLog, the one per-step metric buffer of stage 0 and the training stages."""
+    from mlflow import MlflowClient
+
+    from catalog.config import ConfigError
+    from catalog.tracking import MetricLog, RunRef
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = Tracker(TrackingConfig(), str(tmp_path / "lake"))
+    with tracker.pipeline("train", {}), tracker.stage("train") as run:
+        client = MlflowClient(tracker.uri)
+        history = lambda key: sorted((m.step, m.value) for m in client.get_metric_history(run.run_id, key))  # noqa: E731
+        metrics = MetricLog(run, flush_every=3)
+        for step in range(1, 6):
+            metrics.log({"loss": 1.0 / step, "lr": 0.1}, step)
+            assert len(history("loss")) == (3 if step >= 3 else 0), step  # one write after the third call
+        metrics.flush()
+        assert history("loss") == [(s, 1.0 / s) for s in range(1, 6)] and len(history("lr")) == 5
+        assert metrics.pending == []
+        for off in (MetricLog(None), MetricLog(RunRef(run.uri, run.run_id, enabled=False), flush_every=1)):
+            off.log({"off_metric": 1.0}, 1)
+            off.flush()
+        assert history("off_metric") == []
+    with pytest.raises(ConfigError, match="MetricLog.flush_every"):
+        MetricLog(None, flush_every=0)
