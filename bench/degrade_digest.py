@@ -36,7 +36,8 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from catalog.config import from_dict
-    from stages.degrade import PAIR_COLUMNS, DegradeConfig, Degrader
+    from catalog.schemas import PAIR_COLUMNS
+    from stages.degrade import DegradeConfig, Degrader
 
     section = yaml.safe_load(Path(args.config).read_text()).get("degrade") or {}
     for item in args.set:

@@ -106,6 +106,13 @@ PAIRS = pa.schema(
         pa.field("caption", pa.string()),
     ]
 )
+# a `pairs` numpy batch as the degrade and negatives stages return it: every column in schema
+# order, the integer ones typed (catalog.batches.numpy_batch's dtypes; the rest are object arrays)
+PAIR_COLUMNS = tuple(PAIRS.names)
+PAIR_DTYPES = {f.name: f.type.to_pandas_dtype() for f in PAIRS if pa.types.is_integer(f.type)}
+# zlib level of the PNGs in pairs.hq / pairs.lq: 1 is ~4x faster than Pillow's 6, and Parquet's
+# zstd compresses on top
+PAIRS_PNG_LEVEL = 1
 
 RESTORATIONS = pa.schema(
     [

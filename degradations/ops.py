@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from catalog import codec
+from catalog.schemas import PAIRS_PNG_LEVEL
 from degradations.kernels import gaussian_1d, kernel_from_params
 
 # ITU-R BT.601 luma weights, as torchvision's rgb_to_grayscale (used by BasicSR's gray noise)
@@ -132,6 +134,12 @@ def from_uint8(arr: np.ndarray, device: torch.device | str = "cpu") -> torch.Ten
     """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1]."""
     chw = np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)[None] / np.float32(255.0)
     return torch.from_numpy(chw).to(device)
+
+
+def encode_png(x: torch.Tensor, compress_level: int = PAIRS_PNG_LEVEL) -> bytes:
+    """x (1, 3, H, W) in [0, 1] -> the PNG bytes stored in `pairs` (catalog/codec.py's encoder;
+    deterministic for a given Pillow/zlib)."""
+    return codec.encode_png(to_uint8(x), compress_level=compress_level)
 
 
 def jpeg_encode(x: torch.Tensor, quality: int) -> bytes:

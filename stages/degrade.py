@@ -23,38 +23,28 @@ from PIL import Image
 
 from catalog import codec
 from catalog.batches import numpy_batch
-from catalog.schemas import pair_id_of
+from catalog.schemas import PAIR_COLUMNS, PAIR_DTYPES, PAIRS_PNG_LEVEL, pair_id_of
 from degradations import (DegradeConfig, degrade_batch, degrade_pairs, degrade_target, draw_params, ops,
                           summarize_params)
 
 __all__ = [
     "DegradeConfig",
     "Degrader",
-    "PAIR_COLUMNS",
     "decode_rgb",
     "degrade_batch",
     "degrade_pairs",
     "draw_params",
-    "encode_png",
     "preview_grid",
     "regenerate",
     "summarize_params",
 ]
 
 KIND = "degraded"
-PAIR_COLUMNS = ("pair_id", "image_id", "kind", "status", "error", "hq", "lq", "scale", "seed", "params", "caption")
-# zlib level of the stored PNGs: 1 is ~4x faster than Pillow's 6 and Parquet's zstd compresses on top
-PNG_COMPRESS_LEVEL = 1
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
     """Encoded image -> (H, W, 3) uint8, EXIF orientation applied. Raises on corrupt data."""
     return codec.decode_array(data)
-
-
-def encode_png(x: torch.Tensor, level: int = PNG_COMPRESS_LEVEL) -> bytes:
-    """(1, 3, H, W) in [0, 1] -> PNG bytes (deterministic for a given Pillow/zlib)."""
-    return codec.encode_png(ops.to_uint8(x), compress_level=level)
 
 
 def _row(pair_id: str, image_id: str, caption: Any, cfg: DegradeConfig, status: str, error: str | None = None,
@@ -97,7 +87,7 @@ class Degrader:
                 rows.append(_row(pair_id, image_id, caption, cfg, status, error))
                 if status == "ok":
                     p = draw_params(cfg, pair_id, image_size=img.shape[:2])
-                    p["png_compress_level"] = PNG_COMPRESS_LEVEL
+                    p["png_compress_level"] = PAIRS_PNG_LEVEL
                     top, left = p["crop"]
                     todo.append((len(rows) - 1, img[top : top + cfg.gt_size, left : left + cfg.gt_size], p))
         self._degrade(rows, todo)
@@ -108,19 +98,16 @@ class Degrader:
             try:
                 hq = ops.from_uint8(crop, self.device)  # (1, 3, gt, gt)
                 target, lq = degrade_pairs(hq, [p])
-                rows[idx].update(hq=encode_png(target), lq=encode_png(lq), params=json.dumps(p, sort_keys=True))
+                rows[idx].update(hq=ops.encode_png(target), lq=ops.encode_png(lq), params=json.dumps(p, sort_keys=True))
             except Exception as e:  # noqa: BLE001 - one bad sample must not sink the batch
                 rows[idx].update(status="error", error=f"{type(e).__name__}: {e}")
-
-
-PAIR_DTYPES = {"scale": np.int32, "seed": np.int64}  # the typed columns of a pairs batch
 
 
 def regenerate(row: Mapping[str, Any], device: str | torch.device = "cpu") -> bytes:
     """The LQ PNG bytes of a `pairs` row, rebuilt from its stored HQ and params alone."""
     p = json.loads(row["params"])
     target = ops.from_uint8(decode_rgb(row["hq"]), device)
-    return encode_png(degrade_target(target, p), p.get("png_compress_level", PNG_COMPRESS_LEVEL))
+    return ops.encode_png(degrade_target(target, p), p.get("png_compress_level", PAIRS_PNG_LEVEL))
 
 
 def preview_grid(pairs: Mapping[str, np.ndarray], n: int = 16, cell: int = 128) -> Image.Image:

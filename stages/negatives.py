@@ -45,9 +45,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from catalog import codec
 from catalog.config import ConfigError, check
 from catalog.batches import numpy_batch
-from catalog.schemas import pair_id_of
+from catalog.schemas import PAIR_COLUMNS, PAIR_DTYPES, pair_id_of
 from degradations import DegradeConfig, degrade_target, draw_params, ops
 from model.config import DTYPES as MODEL_DTYPES
 from model.devices import resolve_device, resolve_dtype
@@ -55,7 +56,6 @@ from model.images import psnr, to_model_range
 from model.prior import PriorModel, SDXLPrior, latent_shape, load_prior
 from model.sampler import (NEGATIVE_QUALITY_PROMPT, GuidedDenoiser, SamplerConfig, sample, sampling_sigmas,
                            seeded_generator)
-from stages.degrade import PAIR_COLUMNS, PAIR_DTYPES, decode_rgb, encode_png
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class NegativeMaker:
             try:
                 if data is None:
                     raise ValueError("no image bytes")
-                img = decode_rgb(bytes(data))
+                img = codec.decode_array(bytes(data))
                 status, error = "ok", None
             except Exception as e:  # noqa: BLE001 - any decoder failure is a row status
                 img, status, error = None, "decode_error", f"{type(e).__name__}: {e}"
@@ -292,7 +292,7 @@ class NegativeMaker:
                     lq = target
                 p["negative"] = {**self.params, "seed": cfg.seed, "source": row["_source"], "crop": row["_crop"],
                                  "psnr_to_source": round(float(dist[j]), 3)}
-                row.update(hq=encode_png(target), lq=encode_png(lq), params=json.dumps(p, sort_keys=True))
+                row.update(hq=ops.encode_png(target), lq=ops.encode_png(lq), params=json.dumps(p, sort_keys=True))
             except Exception as e:  # noqa: BLE001
                 row.update(status="error", error=f"{type(e).__name__}: {e}")
 
