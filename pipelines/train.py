@@ -80,7 +80,7 @@ class RaySession:
         workers) takes row ``rank mod N`` of the pair_id order instead."""
         import ray.train
 
-        from stages.train_data import seed_of
+        from catalog.seeds import seed_of
 
         it = ray.train.get_dataset_shard("train")
         ids, mine = [], []

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from catalog.config import check
+from catalog.seeds import seed_of
 
 TRAIN, HELDOUT = "train", "heldout"
 SPLITS = (TRAIN, HELDOUT)
@@ -46,8 +47,6 @@ class SplitConfig:
 
 def draw(image_id: str, seed: int) -> float:
     """The image's uniform draw in [0, 1): a function of (seed, image_id) only."""
-    from stages.train_data import seed_of
-
     return seed_of("split", seed, image_id) / 2.0 ** 63
 
 

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from catalog import codec
-from catalog.seeds import generator, seed_of  # noqa: F401 - seed_of: pipelines/train.py shards by it
+from catalog.seeds import generator
 
 TRAIN_COLUMNS = ("pair_id", "image_id", "kind", "hq", "lq", "caption", "params")
 
