@@ -22,7 +22,7 @@ from model.config import ModelConfig
 from pipelines.cli import ROOT, STAGES, parser
 from stages.ablations import AblationConfig
 from stages.caption import CaptionConfig
-from stages.crawl import CrawlConfig
+from stages.crawl_config import CrawlConfig
 from stages.filter import FilterConfig
 from stages.negatives import NegativesConfig
 from stages.prior_train_config import PriorTrainConfig

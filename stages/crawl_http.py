@@ -23,7 +23,6 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
@@ -40,8 +39,7 @@ from urllib3.exceptions import (
     TimeoutError as Urllib3Timeout,
 )
 
-if TYPE_CHECKING:
-    from stages.crawl import CrawlConfig
+from stages.crawl_config import CrawlConfig
 
 REDIRECTS = (301, 302, 303, 307, 308)
 CHUNK = 1 << 16

@@ -35,7 +35,7 @@ import os
 import stat
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pyarrow as pa
@@ -44,10 +44,8 @@ import pyarrow.parquet as pq
 
 from catalog.config import ConfigError
 from catalog.schemas import SOURCES
+from stages.crawl_config import CrawlConfig
 from stages.crawl_http import FetchError
-
-if TYPE_CHECKING:
-    from stages.crawl import CrawlConfig
 
 HF_SCHEME = "hfds"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
