@@ -13,7 +13,7 @@ import pytest
 from catalog.lake import Lake, StageSpec, code_digest, module_closure
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("catalog", "stages", "model", "evaluation", "pipelines")
+PACKAGES = ("catalog", "stages", "model", "evaluation", "pipelines", "degradations")
 # the module each pipeline stage digests (pipelines/*.py pass these to code_digest)
 STAGE_ROOTS = {
     "crawl": "stages.crawl", "filter": "stages.filter", "caption": "stages.caption", "degrade": "stages.degrade",
@@ -52,6 +52,16 @@ def test_editing_a_model_file_reruns_the_stages_that_use_it_and_no_other(checkou
     assert states["restore"] == "fresh" and states["train"] == "fresh" and states["ablations"] == "fresh"
     for stage in ("crawl", "filter", "caption", "degrade", "baselines"):
         assert states[stage] == "cached", stage
+
+
+def test_editing_the_degradation_library_reruns_degrade_and_not_the_crawl(checkout):
+    before = _digests(checkout)
+    with open(checkout / "degradations" / "jpeg.py", "a") as f:
+        f.write("\n# an edit\n")
+    after = _digests(checkout)
+    changed = {stage for stage in before if before[stage] != after[stage]}
+    assert "degrade" in changed, changed
+    assert not changed & {"crawl", "filter", "caption", "restore"}, changed
 
 
 def test_closure_holds_what_the_hand_lists_forgot():
