@@ -14,7 +14,9 @@ from catalog.lake import conform
 from model.config import ModelConfig
 from model.sampler import SamplerConfig
 from model.tiling import TilingConfig
-from stages.restore import RestoreConfig, Restorer, encode_png, working_size
+from catalog.codec import encode_png
+from model.restoration import working_size
+from stages.restore import RestoreConfig, Restorer
 
 FAST = dict(min_size=64, progress=False, sampler=SamplerConfig(num_steps=3))
 
