@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional
 
 from catalog.config import check
 
@@ -339,21 +339,3 @@ class Tracker:
 def attach(uri: str, run_id: str) -> RunRef:
     """A RunRef for a run created elsewhere (for example in the Ray job's driver)."""
     return RunRef(uri, run_id, enabled=bool(uri))
-
-
-def register_model(run: RunRef, name: str, aliases: Sequence[str], artifact_path: str = "model") -> str:
-    """A new version of registered model ``name`` from the run's ``artifact_path``, with ``aliases``."""
-    from mlflow.exceptions import MlflowException
-
-    client = run.client()
-    try:
-        client.create_registered_model(name, description="SUPIR trainable parts (E_dr, adaptor, connectors); "
-                                                          "load with model/checkpoint.py load_model")
-    except MlflowException as e:
-        if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code) and "already exists" not in str(e):
-            raise
-    source = f"{client.get_run(run.run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
-    version = client.create_model_version(name, source=source, run_id=run.run_id)
-    for alias in aliases:
-        client.set_registered_model_alias(name, alias, version.version)
-    return str(version.version)

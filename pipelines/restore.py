@@ -66,9 +66,9 @@ if __name__ == "__main__":
 import numpy as np
 from PIL import Image
 
-import stages.restore as restore_mod
 from catalog.config import ConfigError, apply_overrides, from_dict, to_dict
 from catalog.lake import code_digest
+from catalog.registry import is_model_uri, resolve_model_path
 from catalog.tracking import RunRef, Tracker, TrackingConfig
 from stages.restore import RestoreConfig, Restorer
 
@@ -318,7 +318,7 @@ def use_registered_model(model: str, tracking_uri: str, lake: str) -> Optional[P
     """For an MLflow model URI (``models:/supir@champion``, ``models:/supir@latest``, ``runs:/...``):
     point MLFLOW_TRACKING_URI at the store (``--tracking-uri``, else MLFLOW_TRACKING_URI, else the
     lake's) so that the restoring actors resolve it, and resolve it here once to fail early."""
-    if not model.startswith(("models:/", "runs:/")):
+    if not is_model_uri(model):
         return None
     import os
 
@@ -326,7 +326,7 @@ def use_registered_model(model: str, tracking_uri: str, lake: str) -> Optional[P
 
     uri, _ = resolve_uri(TrackingConfig(uri=tracking_uri), lake)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # inherited by a local Ray cluster's workers
-    return restore_mod.resolve_model_path(model, uri)
+    return resolve_model_path(model, uri)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -51,7 +51,8 @@ import yaml
 
 from catalog.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from catalog.lake import Lake
-from catalog.tracking import RunRef, Tracker, TrackingConfig, register_model
+from catalog.registry import is_model_uri, publish as publish_model, resolve_model_path
+from catalog.tracking import RunRef, Tracker, TrackingConfig
 from model.config import ModelConfig
 from stages.train import STAGES, TrainConfig, TrainSection, train_loop
 
@@ -213,9 +214,7 @@ def resolve_init_from(lake: Lake, section: TrainSection, cfg: TrainConfig, track
             return path
         log.warning("train adaptor: no finished encoder stage under %s, starting from an untrained E_dr", path)
         return None
-    if cfg.init_from.startswith(("models:/", "runs:/")):
-        from stages.restore import resolve_model_path
-
+    if is_model_uri(cfg.init_from):
         return str(resolve_model_path(cfg.init_from, tracking_uri or None))
     return cfg.init_from or None
 
@@ -314,11 +313,12 @@ def publish(checkpoint, lake: Lake, section: TrainSection, stage: str, cfg: Trai
 
             options = to_dict(restore if restore is not None else RestoreConfig())
             pyfunc_dir = save_pyfunc(model_dir, Path(d) / "pyfunc", options)
-            run.client().log_artifacts(run.run_id, str(pyfunc_dir), "model")
             if section.registered_model:
                 aliases = [a for a in (section.alias, stage) if a]
-                out["model_version"] = register_model(run, section.registered_model, aliases)
-                out["model_uri"] = f"models:/{section.registered_model}@{aliases[0]}"
+                out["model_version"], out["model_uri"] = publish_model(run, pyfunc_dir, section.registered_model,
+                                                                       aliases)
+            else:
+                run.client().log_artifacts(run.run_id, str(pyfunc_dir), "model")
     return out
 
 

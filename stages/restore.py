@@ -19,7 +19,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -29,6 +28,7 @@ from PIL import Image
 from catalog import codec
 from catalog.batches import numpy_batch
 from catalog.config import check, digest, to_dict
+from catalog.registry import resolve_model_path
 from model.devices import TORCH_DTYPES
 from model.restoration import Restoration, RestorationConfig
 
@@ -100,53 +100,6 @@ class RestoreConfig(RestorationConfig):
 
     def resolved_run_id(self) -> str:
         return self.run_id or digest(self.params())[:16]
-
-
-def resolve_model_path(uri: str, tracking_uri: Optional[str] = None) -> Path:
-    """A local checkpoint folder for a folder path or an MLflow models:/ or runs:/ URI.
-
-    ``models:/<name>@<alias>`` is a registered version by alias (pipelines/train.py registers
-    each trained stage with one); ``models:/<name>@latest`` and ``models:/<name>/latest`` the
-    newest version. The tracking (and registry) URI is ``tracking_uri``, else MLFLOW_TRACKING_URI,
-    else MLflow's default."""
-    if uri.startswith(("models:/", "runs:/")):
-        import os
-
-        import mlflow
-
-        # explicit, as the docstring says: MlflowClient(None) would prefer a URI that an earlier
-        # mlflow.set_tracking_uri() left in this process over the environment
-        tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
-        source = _model_version_source(uri, tracking_uri) if uri.startswith("models:/") else uri
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking_uri))
-        found = [p.parent for p in sorted(local.rglob("supir.json"))]
-        if not found:
-            raise FileNotFoundError(f"{uri}: no supir.json in the downloaded artifacts")
-        return found[0]
-    return Path(uri)
-
-
-def _model_version_source(uri: str, tracking_uri: Optional[str]) -> str:
-    """The artifact source of a registered version, ``models:/<name>@<alias>``, ``models:/<name>/<version>``
-    or ``.../latest``, looked up in the registry at ``tracking_uri`` (MLflow's own models:/ download
-    reads aliases from the default registry only)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    ref = uri[len("models:/"):]
-    name, sep, which = ref.rpartition("@") if "@" in ref else ref.partition("/")
-    if not sep:
-        raise ValueError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
-    if which.lower() == "latest":
-        versions = client.search_model_versions(f"name = '{name}'")
-        if not versions:
-            raise FileNotFoundError(f"{uri}: registered model {name!r} has no versions")
-        return max(versions, key=lambda v: int(v.version)).source
-    if sep == "@":
-        return client.get_model_version_by_alias(name, which).source
-    if which.isdigit():
-        return client.get_model_version(name, which).source
-    return client.get_latest_versions(name, [which])[0].source  # a stage name
 
 
 # ---------------------------------------------------------------------------------------------

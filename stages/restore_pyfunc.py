@@ -14,7 +14,7 @@ Input: a DataFrame with ``image`` (encoded image bytes, any format Pillow reads)
 ``caption`` (prepended to the positive prompt). Output: ``restored`` (PNG bytes), ``width``,
 ``height``. Restore options (steps, min_size, device, ...) are the model config: the values it
 was registered with, changed at load time by ``load_model(uri, model_config={"min_size": 512})``.
-stages.restore.resolve_model_path still finds the checkpoint folder inside this layout.
+catalog.registry.resolve_model_path still finds the checkpoint folder inside this layout.
 """
 from __future__ import annotations
 
