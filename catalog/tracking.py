@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
+from catalog import layout
 from catalog.config import check
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def resolve_uri(cfg: TrackingConfig, lake_root: str) -> tuple[str, Optional[str]
     base = Path(lake_root.removeprefix("file://")).resolve()
     base.mkdir(parents=True, exist_ok=True)
     relocate_store(base)
-    return f"sqlite:///{base / 'mlflow.db'}", (base / "mlartifacts").as_uri()
+    return f"sqlite:///{base / layout.MLFLOW_DB}", (base / layout.MLFLOW_ARTIFACTS).as_uri()
 
 
 # where the embedded store records absolute artifact locations (MLflow keeps no relative ones)
@@ -89,7 +90,7 @@ def relocate_store(base: Path) -> dict[str, str]:
     {old folder: new folder}."""
     import sqlite3
 
-    db = base / "mlflow.db"
+    db = base / layout.MLFLOW_DB
     if not db.is_file():
         return {}
     new = str(base)

@@ -16,6 +16,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from catalog import layout
+
 log = logging.getLogger("supir")
 
 TRAINED = "trained"  # restore.model value: the model that train_adaptor of this run produced
@@ -155,19 +157,19 @@ def _evaluate(ctx) -> dict:
 # the table, in DAG order
 
 STAGE_TABLE: tuple[Stage, ...] = (
-    Stage("crawl", _crawl, "crawl", ("sources",), "images"),
-    Stage("filter", _filter, "filter", ("images",), "filtered"),
-    Stage("caption", _caption, "caption", ("filtered", "images"), "captions"),
-    Stage("degrade", _degrade, "degrade", ("filtered", "images"), "pairs/degraded"),
-    Stage("prior", run_prior, "prior_train", ("filtered", "images", "captions"), None),
-    Stage("negatives", _negatives, "negatives", ("filtered", "images", "pairs/degraded"), "pairs/negative"),
-    Stage("train_encoder", lambda ctx: run_train(ctx, "encoder"), "train", ("pairs", "captions"),
-          "_stages/train_encoder"),
-    Stage("train_adaptor", lambda ctx: run_train(ctx, "adaptor"), "train", ("pairs", "captions"),
-          "_stages/train_adaptor"),
-    Stage("restore", _restore, "restore", ("pairs",), "restorations"),
-    Stage("ablations", _ablations, "ablations", ("pairs",), None),
-    Stage("baselines", _baselines, "baselines", ("pairs",), "baselines"),
-    Stage("evaluate", _evaluate, "evaluate", ("pairs", "restorations", "baselines"), "metrics"),
+    Stage("crawl", _crawl, "crawl", (layout.SOURCES,), layout.IMAGES),
+    Stage("filter", _filter, "filter", (layout.IMAGES,), layout.FILTERED),
+    Stage("caption", _caption, "caption", (layout.FILTERED, layout.IMAGES), layout.CAPTIONS),
+    Stage("degrade", _degrade, "degrade", (layout.FILTERED, layout.IMAGES), layout.DEGRADED),
+    Stage("prior", run_prior, "prior_train", (layout.FILTERED, layout.IMAGES, layout.CAPTIONS), None),
+    Stage("negatives", _negatives, "negatives", (layout.FILTERED, layout.IMAGES, layout.DEGRADED), layout.NEGATIVES),
+    Stage("train_encoder", lambda ctx: run_train(ctx, "encoder"), "train", (layout.PAIRS, layout.CAPTIONS),
+          layout.stage_record("train_encoder")),
+    Stage("train_adaptor", lambda ctx: run_train(ctx, "adaptor"), "train", (layout.PAIRS, layout.CAPTIONS),
+          layout.stage_record("train_adaptor")),
+    Stage("restore", _restore, "restore", (layout.PAIRS,), layout.RESTORATIONS),
+    Stage("ablations", _ablations, "ablations", (layout.PAIRS,), None),
+    Stage("baselines", _baselines, "baselines", (layout.PAIRS,), layout.BASELINES),
+    Stage("evaluate", _evaluate, "evaluate", (layout.PAIRS, layout.RESTORATIONS, layout.BASELINES), layout.METRICS),
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGE_TABLE}

@@ -123,6 +123,7 @@ def _brief(result: dict) -> str:
 
 
 def print_summary(ctx, results: dict, seconds: float) -> None:
+    from catalog import layout
     from catalog.schemas import TABLES
 
     lake = ctx.lake
@@ -133,7 +134,7 @@ def print_summary(ctx, results: dict, seconds: float) -> None:
     if ctx.tracker.enabled:
         print(f"MLflow store:  {ctx.tracker.uri}")
         print(f"  browse:      mlflow ui --backend-store-uri {ctx.tracker.uri}")
-    table1 = Path(lake.path("reports")) / "evaluate" / "table1.md"
+    table1 = Path(lake.path(layout.REPORTS)) / "evaluate" / "table1.md"
     if "evaluate" in results and lake.local and table1.exists():
         print(f"\nTable 1 ({table1}):\n")
         print(table1.read_text())

@@ -66,6 +66,7 @@ if __name__ == "__main__":
 import numpy as np
 from PIL import Image
 
+from catalog import layout
 from catalog.config import ConfigError, apply_overrides, from_dict, to_dict
 from catalog.lake import code_digest
 from catalog.registry import is_model_uri, resolve_model_path
@@ -241,11 +242,11 @@ def run_restore(ctx, cfg: Optional[RestoreConfig] = None) -> dict[str, int]:
     return run_stage(
         ctx,
         stage="restore",
-        table=f"restorations/{cfg.resolved_run_id()}",  # one partition per sampler setting: runs compare in SQL
-        inputs=["pairs"],
+        table=layout.partition(layout.RESTORATIONS, cfg.resolved_run_id()),  # one partition per sampler setting: runs compare in SQL
+        inputs=[layout.PAIRS],
         section=cfg,
         code=code_digest("stages.restore"),
-        input_table="pairs/degraded",  # negatives are training targets, not restoration inputs
+        input_table=layout.DEGRADED,  # negatives are training targets, not restoration inputs
         key="pair_id",
         fn=Restorer,
         batch_size=cfg.batch_size,
@@ -261,7 +262,7 @@ def log_lake_restorations(lake, cfg: RestoreConfig, run: RunRef) -> dict[str, fl
     """Speed metrics of this run's rows and a grid LQ | restored | HQ of the first few pairs."""
     import pyarrow.compute as pc
 
-    rows = lake.read("restorations", columns=["pair_id", "run_id", "status", "seconds"])
+    rows = lake.read(layout.RESTORATIONS, columns=["pair_id", "run_id", "status", "seconds"])
     rows = rows.filter(pc.equal(rows.column("run_id"), cfg.resolved_run_id()))
     metrics = speed_metrics(rows.column("seconds").to_pylist(), rows.column("status").to_pylist(),
                             cfg.sampler.num_steps)
@@ -269,10 +270,10 @@ def log_lake_restorations(lake, cfg: RestoreConfig, run: RunRef) -> dict[str, fl
     ok = [p for p, s in zip(rows.column("pair_id").to_pylist(), rows.column("status").to_pylist()) if s == "ok"]
     ok = sorted(ok)[:GRID_ROWS]
     if ok:
-        restored = lake.read("restorations", columns=["pair_id", "run_id", "restored"])
+        restored = lake.read(layout.RESTORATIONS, columns=["pair_id", "run_id", "restored"])
         restored = restored.filter(pc.and_(pc.is_in(restored.column("pair_id"), value_set=_arr(ok)),
                                            pc.equal(restored.column("run_id"), cfg.resolved_run_id())))
-        pairs = lake.read("pairs", columns=["pair_id", "lq", "hq"])
+        pairs = lake.read(layout.PAIRS, columns=["pair_id", "lq", "hq"])
         pairs = pairs.filter(pc.is_in(pairs.column("pair_id"), value_set=_arr(ok)))
         by_id = {p: {} for p in ok}
         for t, cols in ((pairs, ("lq", "hq")), (restored, ("restored",))):

@@ -49,6 +49,7 @@ if __name__ == "__main__":
 
 import yaml
 
+from catalog import layout
 from catalog.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from catalog.lake import Lake
 from catalog.registry import is_model_uri, publish as publish_model, resolve_model_path
@@ -152,12 +153,12 @@ def train_dataset(lake: Lake, image_ids: Optional[Sequence[str]] = None):
     import pyarrow.compute as pc
     import ray
 
-    files = lake.files("pairs")
+    files = lake.files(layout.PAIRS)
     if not files:
         raise ConfigError("train: the `pairs` table is empty; run the degrade stage first")
     captions: dict[str, str] = {}
-    if lake.exists("captions"):
-        t = lake.read("captions", columns=["image_id", "caption", "status"])
+    if lake.exists(layout.CAPTIONS):
+        t = lake.read(layout.CAPTIONS, columns=["image_id", "caption", "status"])
         t = t.filter(pc.equal(t.column("status"), "ok"))
         captions = dict(zip(t.column("image_id").to_pylist(), t.column("caption").to_pylist()))
     ds = ray.data.read_parquet(files, columns=PAIR_COLUMNS, filesystem=lake.fs, override_num_blocks=len(files),
@@ -186,7 +187,7 @@ class _OkWithCaptions:
 def train_images(ctx) -> Optional[list[str]]:
     """The image_ids training may read: the train split of the kept images (None: a lake without
     `filtered`, such as pairs written by hand, trains on every pair)."""
-    if not ctx.lake.exists("filtered"):
+    if not ctx.lake.exists(layout.FILTERED):
         log.warning("train: no `filtered` table in the lake, so no held-out split: training on every pair")
         return None
     from pipelines.common import train_image_ids
@@ -195,7 +196,7 @@ def train_images(ctx) -> Optional[list[str]]:
 
 
 def storage(lake: Lake) -> str:
-    return lake.uri("train")
+    return lake.uri(layout.TRAIN)
 
 
 def final_folder(lake: Lake, section: TrainSection, stage: str) -> str:
