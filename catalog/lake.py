@@ -46,16 +46,16 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from catalog import layout
 from catalog.lake_parts import part_list, part_problems, quarantine
 from catalog.schemas import EXTRA_PREFIXES, TABLES
 
 log = logging.getLogger(__name__)
 
 MARK = "_lake.json"  # written in a lake's root when the lake is created
-QUARANTINE = "_quarantine"  # bad and stray parts are moved here, never deleted
+QUARANTINE = layout.QUARANTINE
 # what the project itself writes in a lake root besides tables (MLflow's store, stage records, ...)
-OWN_ENTRIES = {MARK, "_lock.json", QUARANTINE, "_stages", "_models", "train", "priors", "reports", "mlflow.db",
-               "mlartifacts"}
+OWN_ENTRIES = {MARK, "_lock.json", *layout.FOLDER_NAMES}
 
 
 class SchemaError(ValueError):

@@ -13,6 +13,8 @@ import hashlib
 
 import pyarrow as pa
 
+from catalog import layout
+
 TS = pa.timestamp("us", tz="UTC")
 
 SOURCES = pa.schema(
@@ -142,20 +144,20 @@ METRICS = pa.schema(
 )
 
 TABLES: dict[str, pa.Schema] = {
-    "sources": SOURCES,
-    "images": IMAGES,
-    "filtered": FILTERED,
-    "captions": CAPTIONS,
-    "pairs": PAIRS,
-    "restorations": RESTORATIONS,
+    layout.SOURCES: SOURCES,
+    layout.IMAGES: IMAGES,
+    layout.FILTERED: FILTERED,
+    layout.CAPTIONS: CAPTIONS,
+    layout.PAIRS: PAIRS,
+    layout.RESTORATIONS: RESTORATIONS,
     # baseline restorations (bicubic, Real-ESRGAN) of the same pairs, written by the baselines stage
-    "baselines": RESTORATIONS,
-    "metrics": METRICS,
+    layout.BASELINES: RESTORATIONS,
+    layout.METRICS: METRICS,
 }
 
 # extra columns a table may carry beyond its schema: prefix -> arrow type
 EXTRA_PREFIXES: dict[str, dict[str, pa.DataType]] = {
-    "filtered": {"iqa_": pa.float64()},
+    layout.FILTERED: {"iqa_": pa.float64()},
 }
 
 

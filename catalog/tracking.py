@@ -21,8 +21,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional
 
+from catalog import layout
 from catalog.config import check
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def resolve_uri(cfg: TrackingConfig, lake_root: str) -> tuple[str, Optional[str]
     base = Path(lake_root.removeprefix("file://")).resolve()
     base.mkdir(parents=True, exist_ok=True)
     relocate_store(base)
-    return f"sqlite:///{base / 'mlflow.db'}", (base / "mlartifacts").as_uri()
+    return f"sqlite:///{base / layout.MLFLOW_DB}", (base / layout.MLFLOW_ARTIFACTS).as_uri()
 
 
 # where the embedded store records absolute artifact locations (MLflow keeps no relative ones)
@@ -89,7 +90,7 @@ def relocate_store(base: Path) -> dict[str, str]:
     {old folder: new folder}."""
     import sqlite3
 
-    db = base / "mlflow.db"
+    db = base / layout.MLFLOW_DB
     if not db.is_file():
         return {}
     new = str(base)
@@ -377,21 +378,3 @@ class Tracker:
 def attach(uri: str, run_id: str) -> RunRef:
     """A RunRef for a run created elsewhere (for example in the Ray job's driver)."""
     return RunRef(uri, run_id, enabled=bool(uri))
-
-
-def register_model(run: RunRef, name: str, aliases: Sequence[str], artifact_path: str = "model") -> str:
-    """A new version of registered model ``name`` from the run's ``artifact_path``, with ``aliases``."""
-    from mlflow.exceptions import MlflowException
-
-    client = run.client()
-    try:
-        client.create_registered_model(name, description="SUPIR trainable parts (E_dr, adaptor, connectors); "
-                                                          "load with model/checkpoint.py load_model")
-    except MlflowException as e:
-        if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code) and "already exists" not in str(e):
-            raise
-    source = f"{client.get_run(run.run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
-    version = client.create_model_version(name, source=source, run_id=run.run_id)
-    for alias in aliases:
-        client.set_registered_model_alias(name, alias, version.version)
-    return str(version.version)

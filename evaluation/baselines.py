@@ -32,9 +32,6 @@ from model.devices import resolve_device
 
 METHODS = ("bicubic", "realesrgan")
 KIND = "degraded"  # the kind of pairs that baselines restore and evaluate scores
-# The lake table of baseline restorations (RESTORATIONS' columns). It is not `restorations`: the
-# restore stage owns that table through run_stage, whose Lake.begin clears it on a spec change.
-BASELINES_TABLE = "baselines"
 
 
 @dataclass

@@ -280,16 +280,16 @@ def register(folder: str | Path, name_alias: str, tracking_uri: str = "", lake: 
              experiment: str = "supir") -> str:
     """Log ``folder`` as a run's ``model/`` artifacts and register it as ``name@alias``; returns
     the model URI (what ``pipelines/restore.py --model`` takes)."""
-    from catalog.tracking import Tracker, TrackingConfig, register_model
+    from catalog.registry import publish
+    from catalog.tracking import Tracker, TrackingConfig
 
     name, _, alias = name_alias.partition("@")
     if not name or not alias:
         raise ConfigError(f"--register = {name_alias!r} is not allowed: expected <name>@<alias>, e.g. supir@official")
     tracker = Tracker(TrackingConfig(uri=tracking_uri, experiment=experiment), lake)
     with tracker.stage("convert_official", params={"folder": str(folder), "model": name_alias}) as run:
-        run.client().log_artifacts(run.run_id, str(folder), "model")
-        register_model(run, name, [alias])
-    return f"models:/{name}@{alias}"
+        _, uri = publish(run, folder, name, [alias])
+    return uri
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -14,6 +14,7 @@ import logging
 
 import pyarrow.compute as pc
 
+from catalog import layout
 from catalog.lake import code_digest
 from pipelines.common import Context, data_split, gpus_if_available, run_stage
 from stages.ablations import AblationConfig, ablation_runs, stage_class
@@ -21,7 +22,6 @@ from stages.restore import RestoreConfig
 
 log = logging.getLogger("supir")
 
-DEGRADED = "pairs/degraded"
 
 
 def split_pair_ids(ctx: Context, split: str) -> list[str] | None:
@@ -29,7 +29,7 @@ def split_pair_ids(ctx: Context, split: str) -> list[str] | None:
     if split == "all":
         return None
     by_image = data_split(ctx)
-    t = ctx.lake.read(DEGRADED, columns=["pair_id", "image_id", "status"])
+    t = ctx.lake.read(layout.DEGRADED, columns=["pair_id", "image_id", "status"])
     t = t.filter(pc.equal(t.column("status"), "ok"))
     return sorted(p for p, i in zip(t.column("pair_id").to_pylist(), t.column("image_id").to_pylist())
                   if by_image.get(i) == split)
@@ -48,11 +48,11 @@ def run_ablations(ctx: Context, restore: RestoreConfig, cfg: AblationConfig | No
         out[name] = run_stage(
             ctx,
             stage=f"ablation_{run.method}",
-            table=f"restorations/{run.restore.resolved_run_id()}",
-            inputs=["pairs"],
+            table=layout.partition(layout.RESTORATIONS, run.restore.resolved_run_id()),
+            inputs=[layout.PAIRS],
             section=run,
             code=code_digest("stages.ablations"),
-            input_table=DEGRADED,
+            input_table=layout.DEGRADED,
             key="pair_id",
             fn=stage_class(run),
             batch_size=run.restore.batch_size,

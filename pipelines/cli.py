@@ -11,10 +11,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
+from pipelines.dag import STAGE_TABLE
+
 ROOT = Path(__file__).resolve().parents[1]
-# the stages that exist, in DAG order
-STAGES = ("crawl", "filter", "caption", "degrade", "prior", "negatives", "train_encoder", "train_adaptor",
-          "restore", "ablations", "baselines", "evaluate")
+# the stages that exist, in DAG order (pipelines/dag.py)
+STAGES = tuple(s.name for s in STAGE_TABLE)
 # the run config's sections: what each holds (every key: --print-config)
 SECTIONS = {
     "lake": "lake root: a local folder or a pyarrow filesystem URI (s3://bucket/prefix)",

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from catalog import layout
 from catalog.config import digest, to_dict
 from catalog.lake import Lake, StageSpec
 from catalog.tracking import RunRef, Tracker
@@ -43,7 +44,7 @@ def data_split(ctx: Context) -> dict[str, str]:
     run's ``split`` section (a config without one holds out with SplitConfig's defaults)."""
     from stages.split import SplitConfig, assign_split
 
-    t = ctx.lake.read("filtered", columns=["image_id", "keep"])
+    t = ctx.lake.read(layout.FILTERED, columns=["image_id", "keep"])
     kept = t.filter(pc.equal(t.column("keep"), True)).column("image_id").to_pylist()
     return assign_split(kept, getattr(ctx.cfg, "split", None) or SplitConfig())
 

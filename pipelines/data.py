@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
+from catalog import layout
 from catalog.lake import code_digest
 from pipelines.common import Context, run_stage
 from stages.caption import CaptionConfig, captioner_class
@@ -37,7 +38,7 @@ TINY_RANDOM = "tiny-random"  # caption.model value: a tiny random-init LLaVA bui
 
 
 def kept_image_ids(ctx: Context) -> list[str]:
-    t = ctx.lake.read("filtered", columns=["image_id", "keep"])
+    t = ctx.lake.read(layout.FILTERED, columns=["image_id", "keep"])
     return t.filter(pc.equal(t.column("keep"), True)).column("image_id").to_pylist()
 
 
@@ -50,7 +51,7 @@ def resolve_captioner(ctx: Context) -> CaptionConfig:
         raise ValueError("caption.model = 'tiny-random' needs a local lake folder to save the tiny model in")
     from model.tiny_llava import build_tiny_llava
 
-    folder = Path(ctx.lake.path("_models")) / f"tiny-llava-seed{cfg.seed}"
+    folder = Path(ctx.lake.path(layout.MODELS)) / f"tiny-llava-seed{cfg.seed}"
     if not (folder / "config.json").exists():
         build_tiny_llava(folder, size="tiny", seed=cfg.seed)
     return dataclasses.replace(cfg, model=str(folder))
@@ -60,7 +61,7 @@ def run_caption(ctx: Context) -> dict[str, int]:
     cfg = resolve_captioner(ctx)
 
     def finalize(run):
-        t = ctx.lake.read("captions", columns=["image_id", "caption", "status", "seconds", "new_tokens"])
+        t = ctx.lake.read(layout.CAPTIONS, columns=["image_id", "caption", "status", "seconds", "new_tokens"])
         ok = t.filter(pc.equal(t.column("status"), "ok"))
         secs = float(pc.sum(t.column("seconds")).as_py() or 0.0)
         tokens = int(pc.sum(t.column("new_tokens")).as_py() or 0)
@@ -72,11 +73,11 @@ def run_caption(ctx: Context) -> dict[str, int]:
     return run_stage(
         ctx,
         stage="caption",
-        table="captions",
-        inputs=["filtered", "images"],
+        table=layout.CAPTIONS,
+        inputs=[layout.FILTERED, layout.IMAGES],
         section=cfg,
         code=code_digest("stages.caption"),
-        input_table="images",
+        input_table=layout.IMAGES,
         key="image_id",
         columns=["image_id", "bytes", "alt_text"],
         allow=kept_image_ids(ctx),
@@ -92,11 +93,11 @@ def run_degrade(ctx: Context) -> dict[str, int]:
     cfg = ctx.cfg.degrade
 
     def finalize(run):
-        t = ctx.lake.read("pairs/degraded", columns=["params", "status"])
+        t = ctx.lake.read(layout.DEGRADED, columns=["params", "status"])
         ok = t.filter(pc.equal(t.column("status"), "ok"))
         stats = summarize_params(ok.column("params").to_pylist())
         run.log_metrics({f"params.{k}": v for k, v in stats.items()})
-        sample = ctx.lake.read("pairs/degraded", columns=["pair_id", "status", "hq", "lq"])
+        sample = ctx.lake.read(layout.DEGRADED, columns=["pair_id", "status", "hq", "lq"])
         sample = sample.filter(pc.equal(sample.column("status"), "ok")).sort_by("pair_id").slice(0, 16)
         if sample.num_rows:
             batch = {c: np.asarray(sample.column(c).to_pylist(), dtype=object) for c in sample.column_names}
@@ -108,11 +109,11 @@ def run_degrade(ctx: Context) -> dict[str, int]:
     return run_stage(
         ctx,
         stage="degrade",
-        table="pairs/degraded",
-        inputs=["filtered", "images"],
+        table=layout.DEGRADED,
+        inputs=[layout.FILTERED, layout.IMAGES],
         section=cfg,
         code=code_digest("stages.degrade"),
-        input_table="images",
+        input_table=layout.IMAGES,
         key="image_id",
         columns=["image_id", "bytes"],
         allow=kept_image_ids(ctx),

@@ -35,10 +35,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from catalog import layout
 from catalog.config import digest, to_dict
 from catalog.lake import Lake, StageSpec, code_digest
 from catalog.tracking import RunRef
-from evaluation.baselines import BASELINES_TABLE, KIND, BaselineConfig, Baseliner, degradation_label
+from evaluation.baselines import KIND, BaselineConfig, Baseliner, degradation_label
 from evaluation.metrics import EvalConfig, check_metric_names, seed_weights
 from evaluation.report import TABLE1_SQL, markdown_table, table1, write_report
 from pipelines.common import ACTOR_OPTIONS, Context, LakeWriter, StageActor, gpus_if_available, run_stage
@@ -47,7 +48,7 @@ from stages.evaluate import Evaluator
 
 log = logging.getLogger("supir")
 
-SOURCES = ("restorations", BASELINES_TABLE)  # tables whose ok rows are scored
+SOURCES = (layout.RESTORATIONS, layout.BASELINES)  # tables whose ok rows are scored
 WORK_KEY = ("pair_id", "method", "run_id")
 
 
@@ -66,11 +67,11 @@ def run_baselines(ctx: Context, cfg: Optional[BaselineConfig] = None) -> dict[st
     return run_stage(
         ctx,
         stage="baselines",
-        table=BASELINES_TABLE,
-        inputs=["pairs"],
+        table=layout.BASELINES,
+        inputs=[layout.PAIRS],
         section=cfg,
         code=code_digest("evaluation.baselines"),
-        input_table="pairs",
+        input_table=layout.PAIRS,
         key="pair_id",
         fn=Baseliner,
         batch_size=cfg.batch_size,
@@ -98,7 +99,7 @@ def _index(lake: Lake, table: str, columns: list[str]) -> pa.Table:
 def plan_work(lake: Lake, split: Optional[dict[str, str]] = None) -> pa.Table:
     """One row per ok restoration (any source table) of an ok degraded pair: keys, degradation, the
     split of the pair's image (``split``: image_id -> split, stages/split.py; null when unknown), part files."""
-    pairs = _index(lake, "pairs", ["pair_id", "image_id", "status", "kind", "params", "scale"])
+    pairs = _index(lake, layout.PAIRS, ["pair_id", "image_id", "status", "kind", "params", "scale"])
     if pairs.num_rows:
         pairs = pairs.filter(pc.and_(pc.equal(pairs["status"], "ok"), pc.equal(pairs["kind"], KIND)))
     labels = [degradation_label(p, s) for p, s in zip(pairs["params"].to_pylist(), pairs["scale"].to_pylist())]
@@ -186,19 +187,19 @@ def run_evaluate(ctx: Context, cfg: Optional[EvalConfig] = None) -> dict[str, in
 
     code = f"{code_digest('stages.evaluate')}:pyiqa-{pyiqa.__version__}:{weights_digest(cfg.weights_dir)}"
     split = pair_split(ctx)
-    spec = StageSpec("evaluate", "metrics", {t: lake.digest(t) for t in ("pairs",) + SOURCES},
+    spec = StageSpec("evaluate", layout.METRICS, {t: lake.digest(t) for t in (layout.PAIRS,) + SOURCES},
                      digest({"evaluate": cfg, "split": split}), code)
     state = lake.begin(spec)
     with ctx.tracker.stage("evaluate", params=to_dict(cfg), state=state) as run:
         if state == "cached":
             log.info("evaluate: cached (inputs, config, code and weights unchanged)")
-            c = lake.manifest("metrics")["counts"]
+            c = lake.manifest(layout.METRICS)["counts"]
             run.log_metrics({f"status.{k}": v for k, v in c.items()} | {"rows": sum(c.values()), "cached": 1})
             return c
         t0 = time.time()
         work = plan_work(lake, split)
-        if state == "resume" and lake.exists("metrics"):
-            done = lake.read("metrics", columns=list(WORK_KEY)).group_by(list(WORK_KEY)).aggregate([])
+        if state == "resume" and lake.exists(layout.METRICS):
+            done = lake.read(layout.METRICS, columns=list(WORK_KEY)).group_by(list(WORK_KEY)).aggregate([])
             if done.num_rows:
                 work = work.filter(pc.invert(pc.is_in(_key(work), value_set=_key(done))))
                 log.info("evaluate: resuming, %d restorations already scored", done.num_rows)
@@ -214,13 +215,13 @@ def run_evaluate(ctx: Context, cfg: Optional[EvalConfig] = None) -> dict[str, in
             ds = ds.map_batches(StageActor, fn_constructor_args=(Evaluator, cfg), batch_size=cfg.rows_per_batch,
                                 batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=cfg.actors),
                                 num_gpus=gpus_if_available(cfg.num_gpus_per_actor), **ACTOR_OPTIONS)
-            ds = ds.map_batches(LakeWriter(lake.root, "metrics"), batch_format="pyarrow", batch_size=None,
+            ds = ds.map_batches(LakeWriter(lake.root, layout.METRICS), batch_format="pyarrow", batch_size=None,
                                 num_cpus=0.1)
             for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 processed += int(pc.sum(b.column("n")).as_py() or 0)
         seconds = time.time() - t0
         summary = log_evaluation(ctx, cfg, run)
-        c = lake.status_counts("metrics")
+        c = lake.status_counts(layout.METRICS)
         lake.finish(spec, c, {"seconds": seconds, "processed": processed, "state": state,
                               "availability": summary["availability"]})
         run.log_metrics({f"status.{k}": v for k, v in c.items()}
@@ -232,7 +233,7 @@ def run_evaluate(ctx: Context, cfg: Optional[EvalConfig] = None) -> dict[str, in
 
 def pair_split(ctx: Context) -> Optional[dict[str, str]]:
     """image_id -> "train" / "heldout" of this run (stages/split.py); None without a `filtered` table."""
-    if not ctx.lake.exists("filtered"):
+    if not ctx.lake.exists(layout.FILTERED):
         return None
     from pipelines.common import data_split
 
@@ -256,9 +257,9 @@ def log_results(ctx: Context, run: RunRef) -> int:
     UI's runs table and in ``mlflow.search_runs`` without opening their evaluate runs; also when
     evaluate was a cache hit. Returns the number of metrics logged."""
     lake = ctx.lake
-    if not lake.exists("metrics"):
+    if not lake.exists(layout.METRICS):
         return 0
-    df = table1(lake.files("metrics") if lake.local else lake.read("metrics"))
+    df = table1(lake.files(layout.METRICS) if lake.local else lake.read(layout.METRICS))
     values = mlflow_aggregates(df)
     run.log_metrics(values)
     run.set_tags({f"metric_status.{m}": "ok" if (g["status"] == "ok").any() else g["status"].iloc[0]
@@ -270,7 +271,7 @@ def log_results(ctx: Context, run: RunRef) -> int:
 def report_dir(ctx: Context) -> Path:
     """Where the report files go: <lake>/reports/evaluate for a local lake, else a temporary folder."""
     if ctx.lake.local:
-        return Path(ctx.lake.base) / "reports" / "evaluate"
+        return Path(ctx.lake.base) / layout.REPORTS / "evaluate"
     return Path(tempfile.mkdtemp(prefix="supir-report-"))
 
 
@@ -296,7 +297,7 @@ def grid_rows(lake: Lake, n: int, split: Optional[dict[str, str]] = None) -> lis
     for r in images.to_pylist():
         rows[r["pair_id"]][r["method"]] = r["restored"]
         rows[r["pair_id"]]["hq"] = r["hq"]
-    pairs = lake.read("pairs", columns=["pair_id", "lq"])
+    pairs = lake.read(layout.PAIRS, columns=["pair_id", "lq"])
     pairs = pairs.filter(pc.is_in(pairs["pair_id"], value_set=pa.array(chosen, pa.string())))
     for p, lq in zip(pairs["pair_id"].to_pylist(), pairs["lq"].to_pylist()):
         rows[p]["lq"] = lq
@@ -306,7 +307,7 @@ def grid_rows(lake: Lake, n: int, split: Optional[dict[str, str]] = None) -> lis
 def log_evaluation(ctx: Context, cfg: EvalConfig, run: RunRef) -> dict:
     """Aggregates, metric availability and the report: to MLflow and the report folder."""
     lake = ctx.lake
-    df = table1(lake.files("metrics") if lake.local else lake.read("metrics"))
+    df = table1(lake.files(layout.METRICS) if lake.local else lake.read(layout.METRICS))
     availability = {}
     for name in cfg.metrics:
         st = df.loc[df["metric"] == name, "status"]

@@ -15,7 +15,6 @@ writes the split of each row into `metrics`: Table 1 is on the held-out pairs.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 import time
@@ -31,88 +30,6 @@ from pipelines import cli
 # and Ray (10 s and 1.4 GB when they were imported here).
 
 log = logging.getLogger("supir")
-
-TRAINED = "trained"  # restore.model value: the model that train_adaptor of this run produced
-
-
-def _prior(ctx) -> dict:
-    """Stage 0 when model.prior is "train" (cached); later stages then see the trained prior's folder."""
-    from pipelines.prior import TRAIN as PRIOR_TRAIN
-    from pipelines.prior import resolve_model_config, run_prior
-
-    if ctx.cfg.model.prior == PRIOR_TRAIN:
-        prior = run_prior(ctx)
-        ctx.cfg = dataclasses.replace(ctx.cfg, model=resolve_model_config(ctx, prior))
-    return {"prior": ctx.cfg.model.prior}
-
-
-def _train(ctx, stage: str) -> dict:
-    """One training stage, skipped when its inputs, config and code are unchanged since it finished.
-
-    A changed spec starts the stage's Ray Train run afresh; the same spec after a kill resumes it
-    from its latest checkpoint (pipelines/train.py)."""
-
-    from catalog.config import digest
-    from catalog.lake import StageSpec, code_digest
-    from pipelines.train import run_train, storage
-
-    _prior(ctx)
-    lake, section = ctx.lake, ctx.cfg.train
-    spec = StageSpec(f"train_{stage}", f"_stages/train_{stage}", {t: lake.digest(t) for t in ("pairs", "captions")},
-                     digest({"train": section.stage(stage), "model": ctx.cfg.model, "name": section.name,
-                             "split": ctx.cfg.split}),
-                     code_digest("stages.train"))
-    state = lake.begin(spec)
-    if state == "cached":
-        log.info("train_%s: cached (inputs, config and code unchanged)", stage)
-        return lake.manifest(spec.table)["summary"]
-    if state == "fresh":  # checkpoints of another spec must not be resumed
-        run_dir = f"{storage(lake).rstrip('/')}/{section.name}-{stage}"
-        if lake.fs.get_file_info(run_dir).type.name == "Directory":
-            lake.fs.delete_dir(run_dir)
-    summary = run_train(ctx, stage)
-    lake.finish(spec, {"steps": int(summary.get("step", 0))}, {"summary": summary})
-    return summary
-
-
-def _restore_config(ctx):
-    from pipelines.train import final_folder
-
-    _prior(ctx)
-    cfg = ctx.cfg.restore
-    if cfg.model == TRAINED:
-        cfg = dataclasses.replace(cfg, model=final_folder(ctx.lake, ctx.cfg.train, "adaptor"))
-    return cfg
-
-
-def _restore(ctx) -> dict:
-    from pipelines.restore import run_restore
-
-    return run_restore(ctx, _restore_config(ctx))
-
-
-def stage_runners() -> dict:
-    """Stage name -> runner(ctx); imported here, not at the top, to keep `--help` fast."""
-    from pipelines.data import run_caption, run_degrade
-    from pipelines.evaluate import run_baselines, run_evaluate
-    from pipelines.ingest import run_crawl, run_filter
-    from pipelines.ablations import run_ablations
-    from pipelines.prior import run_negatives
-
-    return {
-        "crawl": run_crawl,
-        "filter": run_filter,
-        "caption": run_caption,
-        "degrade": run_degrade,
-        "prior": _prior,
-        "negatives": lambda ctx: run_negatives(ctx, _prior(ctx)["prior"]),
-        "train_encoder": lambda ctx: _train(ctx, "encoder"),
-        "train_adaptor": lambda ctx: _train(ctx, "adaptor"),
-        "restore": _restore,
-        "ablations": lambda ctx: run_ablations(ctx, _restore_config(ctx)),
-        "baselines": run_baselines,
-        "evaluate": run_evaluate,
-    }
 
 
 def main(argv: Sequence[str] | None = None, only: Sequence[str] | None = None, name: str = "full",
@@ -161,8 +78,8 @@ def main(argv: Sequence[str] | None = None, only: Sequence[str] | None = None, n
     from catalog.lake import LakeError
     from catalog.lake_lock import lake_lock
     from pipelines.common import init_ray
+    from pipelines.dag import BY_NAME
 
-    runners = stage_runners()
     try:
         with lake_lock(lake) as run_id:  # taken before Ray starts: an unwritable or busy lake fails here
             log.info("lake %s held by run %s", cfg.lake, run_id)
@@ -176,7 +93,7 @@ def main(argv: Sequence[str] | None = None, only: Sequence[str] | None = None, n
             results = {}
             with tracker.pipeline(name, to_dict(cfg), config_yaml(cfg)) as parent:
                 for stage in cfg.stages:
-                    results[stage] = runners[stage](ctx)
+                    results[stage] = BY_NAME[stage].run(ctx)
                 if "evaluate" in cfg.stages:
                     from pipelines.evaluate import log_results
 
@@ -206,6 +123,7 @@ def _brief(result: dict) -> str:
 
 
 def print_summary(ctx, results: dict, seconds: float) -> None:
+    from catalog import layout
     from catalog.schemas import TABLES
 
     lake = ctx.lake
@@ -216,7 +134,7 @@ def print_summary(ctx, results: dict, seconds: float) -> None:
     if ctx.tracker.enabled:
         print(f"MLflow store:  {ctx.tracker.uri}")
         print(f"  browse:      mlflow ui --backend-store-uri {ctx.tracker.uri}")
-    table1 = Path(lake.path("reports")) / "evaluate" / "table1.md"
+    table1 = Path(lake.path(layout.REPORTS)) / "evaluate" / "table1.md"
     if "evaluate" in results and lake.local and table1.exists():
         print(f"\nTable 1 ({table1}):\n")
         print(table1.read_text())

@@ -23,6 +23,7 @@ import logging
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from catalog import layout
 from catalog.lake import StageSpec, code_digest
 from pipelines.common import Context, run_stage
 from stages.crawl import Fetcher, apply_duplicates, mark_duplicates, read_sources
@@ -40,10 +41,10 @@ def write_sources(ctx: Context) -> int:
     for col in ("url", "alt_text", "source", "local"):  # "local" decides what may be read from disk
         h.update(repr(table.column(col).to_pylist()).encode())
     content = h.hexdigest()[:16]
-    spec = StageSpec("sources", "sources", {}, content + f":{cfg.shard_rows}", "")
+    spec = StageSpec("sources", layout.SOURCES, {}, content + f":{cfg.shard_rows}", "")
     if lake.begin(spec) != "cached":
         for start in range(0, table.num_rows, cfg.shard_rows):  # one part per shard -> one Ray block each
-            lake.write_part("sources", table.slice(start, cfg.shard_rows), name=f"part-{start // cfg.shard_rows:06d}")
+            lake.write_part(layout.SOURCES, table.slice(start, cfg.shard_rows), name=f"part-{start // cfg.shard_rows:06d}")
         lake.finish(spec, {"rows": table.num_rows})
     return table.num_rows
 
@@ -51,7 +52,7 @@ def write_sources(ctx: Context) -> int:
 def _dedupe_images(ctx: Context, run) -> None:
     """Mark exact duplicates (same image_id) after all shards are fetched: the first row stays."""
     lake = ctx.lake
-    keys = lake.read("images", columns=["row", "image_id", "status"])
+    keys = lake.read(layout.IMAGES, columns=["row", "image_id", "status"])
     dups = mark_duplicates(keys)  # row -> row it duplicates
     if not dups:
         return
@@ -61,7 +62,7 @@ def _dedupe_images(ctx: Context, run) -> None:
             return None
         return apply_duplicates(part, dups)
 
-    n = lake.rewrite_parts("images", fix)
+    n = lake.rewrite_parts(layout.IMAGES, fix)
     log.info("crawl: %d exact duplicates marked in %d parts", len(dups), n)
 
 
@@ -71,11 +72,11 @@ def run_crawl(ctx: Context) -> dict[str, int]:
     return run_stage(
         ctx,
         stage="crawl",
-        table="images",
-        inputs=["sources"],
+        table=layout.IMAGES,
+        inputs=[layout.SOURCES],
         section=cfg,
         code=code_digest("stages.crawl"),
-        input_table="sources",
+        input_table=layout.SOURCES,
         key="row",
         fn=Fetcher,
         batch_size=cfg.shard_rows,
@@ -88,7 +89,7 @@ def run_crawl(ctx: Context) -> dict[str, int]:
 
 def _near_dupes(ctx: Context, run) -> None:
     lake, cfg = ctx.lake, ctx.cfg.filter
-    t = lake.read("filtered", columns=["image_id", "keep", "phash", "width", "height", "sharpness"])
+    t = lake.read(layout.FILTERED, columns=["image_id", "keep", "phash", "width", "height", "sharpness"])
     kept = t.filter(pc.equal(t.column("keep"), True)).to_pylist()
     rank = [(-(r["width"] * r["height"]), -(r["sharpness"] or 0.0), r["image_id"]) for r in kept]
     dup = near_duplicates([r["image_id"] for r in kept], [r["phash"] for r in kept], rank, cfg.phash_distance)
@@ -104,13 +105,13 @@ def _near_dupes(ctx: Context, run) -> None:
         part = part.set_column(part.schema.get_field_index("keep"), "keep", keep)
         return part.set_column(part.schema.get_field_index("reason"), "reason", reason)
 
-    lake.rewrite_parts("filtered", fix)
+    lake.rewrite_parts(layout.FILTERED, fix)
     log.info("filter: %d near duplicates", len(dup))
 
 
 def filter_counts(ctx: Context) -> dict[str, int]:
     """kept, plus one count per rejection reason (the part of the reason before ':')."""
-    t = ctx.lake.read("filtered", columns=["keep", "reason"])
+    t = ctx.lake.read(layout.FILTERED, columns=["keep", "reason"])
     out: dict[str, int] = {}
     for keep, reason in zip(t.column("keep").to_pylist(), t.column("reason").to_pylist()):
         k = "kept" if keep else (reason or "rejected").split(":", 1)[0]
@@ -123,11 +124,11 @@ def run_filter(ctx: Context) -> dict[str, int]:
     return run_stage(
         ctx,
         stage="filter",
-        table="filtered",
-        inputs=["images"],
+        table=layout.FILTERED,
+        inputs=[layout.IMAGES],
         section=cfg,
         code=code_digest("stages.filter"),
-        input_table="images",
+        input_table=layout.IMAGES,
         key="image_id",
         columns=["image_id", "url", "bytes", "status"],
         where=("status", "ok"),

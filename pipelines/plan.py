@@ -12,14 +12,7 @@ import json
 from typing import Any
 
 from pipelines.cli import DAG
-
-# stage -> the table whose manifest records that the stage finished
-TABLES = {
-    "crawl": "images", "filter": "filtered", "caption": "captions", "degrade": "pairs/degraded",
-    "prior": None, "negatives": "pairs/negative", "train_encoder": "_stages/train_encoder",
-    "train_adaptor": "_stages/train_adaptor", "restore": "restorations", "ablations": None, "baselines": "baselines",
-    "evaluate": "metrics",
-}
+from pipelines.dag import BY_NAME
 
 
 def _gpu(n: float) -> str:
@@ -87,7 +80,7 @@ def cache_state(cfg: Any, lake_root: str, stage: str) -> str:
     """What the lake at ``lake_root`` holds for ``stage``, read from its manifests."""
     import pyarrow.fs as pafs
 
-    table = TABLES[stage]
+    table = BY_NAME[stage].writes  # the table whose manifest records that the stage finished
     if table is None:
         return "run at start of the stages that need it (cached in <lake>/priors/ by data, config and code)"
     if "://" in lake_root and not lake_root.startswith("file://"):

@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from catalog import layout
 from catalog.config import ConfigError, apply_overrides, digest, from_dict, load_yaml, to_dict
 from catalog.lake import Lake, code_digest
 from catalog.tracking import RunRef, Tracker, TrackingConfig
@@ -60,8 +61,6 @@ log = logging.getLogger("supir")
 
 TRAIN = "train"  # model.prior value that asks for stage 0
 ROOT_DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-NEGATIVES = "pairs/negative"  # this stage's partition of `pairs`
-DEGRADED = "pairs/degraded"  # the degrade stage's
 # fields of PriorTrainConfig that change where or how fast it runs, not what it learns
 _RUNTIME_FIELDS = ("device", "num_threads", "num_gpus", "output_dir", "progress", "log_every")
 
@@ -74,7 +73,7 @@ def read_training_images(lake: Lake, captions: bool = True, allow: Optional[Sequ
     """(image_ids, original bytes, captions) of the kept images: filtered keep = true joined with
     images status ok, sorted by image_id; captions from ok `captions` rows (None where missing).
     ``allow``: only these image_ids (the train split: held-out photos never reach stage 0)."""
-    kept = lake.read("filtered", columns=["image_id", "keep"])
+    kept = lake.read(layout.FILTERED, columns=["image_id", "keep"])
     ids = set(kept.filter(pc.equal(kept.column("keep"), True)).column("image_id").to_pylist())
     if allow is not None:
         ids &= set(allow)
@@ -82,14 +81,14 @@ def read_training_images(lake: Lake, captions: bool = True, allow: Optional[Sequ
         raise ValueError("stage 0 needs images: `filtered` has no kept rows in the train split "
                          "(run crawl and filter first, or hold out fewer photos: split.heldout_fraction)")
     found: dict[str, bytes] = {}
-    for f in lake.files("images"):
+    for f in lake.files(layout.IMAGES):
         part = pq.read_table(f, columns=["image_id", "status", "bytes"], filesystem=lake.fs)
         part = part.filter(pc.and_(pc.equal(part.column("status"), "ok"),
                                    pc.is_in(part.column("image_id"), value_set=pa.array(sorted(ids), pa.string()))))
         found.update(zip(part.column("image_id").to_pylist(), part.column("bytes").to_pylist()))
     texts: dict[str, str] = {}
-    if captions and lake.exists("captions"):
-        c = lake.read("captions", columns=["image_id", "caption", "status"])
+    if captions and lake.exists(layout.CAPTIONS):
+        c = lake.read(layout.CAPTIONS, columns=["image_id", "caption", "status"])
         c = c.filter(pc.equal(c.column("status"), "ok"))
         texts = dict(zip(c.column("image_id").to_pylist(), c.column("caption").to_pylist()))
     order = sorted(found)
@@ -100,7 +99,7 @@ def prior_key(ctx, uses_captions: bool) -> str:
     """Digest of everything a trained prior depends on: config, preset and seed, inputs, code."""
     cfg, model_cfg, lake = ctx.cfg.prior_train, ctx.cfg.model, ctx.lake
     section = {k: v for k, v in to_dict(cfg).items() if k not in _RUNTIME_FIELDS}
-    inputs = {t: lake.digest(t) for t in ("filtered", "images") + (("captions",) if uses_captions else ())}
+    inputs = {t: lake.digest(t) for t in (layout.FILTERED, layout.IMAGES) + ((layout.CAPTIONS,) if uses_captions else ())}
     code = code_digest("stages.prior_train")
     return digest({"prior_train": section, "preset": model_cfg.preset, "seed": model_cfg.seed,
                    "inputs": inputs, "code": code, "train_images": train_image_ids(ctx)})[:16]
@@ -113,7 +112,7 @@ def priors_dir(ctx) -> Path:
     if not ctx.lake.local:
         raise ConfigError(f"prior_train.output_dir = '' is not allowed with lake = {ctx.cfg.lake!r}: a trained prior is "
                           "a local diffusers folder; set prior_train.output_dir to a folder every worker can read")
-    return Path(ctx.lake.base) / "priors"
+    return Path(ctx.lake.base) / layout.PRIORS
 
 
 def _train_task(cfg: PriorTrainConfig, model_cfg: ModelConfig, images, captions, out_dir: str,
@@ -202,15 +201,15 @@ def run_negatives(ctx, prior: Optional[str] = None) -> dict[str, int]:
     allow = train_image_ids(ctx)
     if cfg.source == "images":
         # every variant of an image is made in one call, so image_id is an exact resume key
-        source = dict(inputs=["filtered", "images"], input_table="images", columns=["image_id", "bytes", "status"],
+        source = dict(inputs=[layout.FILTERED, layout.IMAGES], input_table=layout.IMAGES, columns=["image_id", "bytes", "status"],
                       where=("status", "ok"), allow=allow)
     else:
-        source = dict(inputs=[DEGRADED, "filtered"], input_table=DEGRADED,
+        source = dict(inputs=[layout.DEGRADED, layout.FILTERED], input_table=layout.DEGRADED,
                       columns=["pair_id", "image_id", "hq", "status"], where=("status", "ok"), allow=allow)
     return run_stage(
         ctx,
         stage="negatives",
-        table=NEGATIVES,
+        table=layout.NEGATIVES,
         section=cfg,
         code=code_digest("stages.negatives"),
         key="image_id",
@@ -225,7 +224,7 @@ def run_negatives(ctx, prior: Optional[str] = None) -> dict[str, int]:
 
 def log_negatives(lake: Lake, cfg: NegativesConfig, run: RunRef) -> None:
     """PSNR of the samples against their sources, and a grid (source | negative | lq) artifact."""
-    t = lake.read(NEGATIVES, columns=["pair_id", "status", "hq", "lq", "params"])
+    t = lake.read(layout.NEGATIVES, columns=["pair_id", "status", "hq", "lq", "params"])
     ok = t.filter(pc.equal(t.column("status"), "ok")).sort_by("pair_id")
     dist = [json.loads(p)["negative"]["psnr_to_source"] for p in ok.column("params").to_pylist()]
     if dist:
@@ -236,7 +235,7 @@ def log_negatives(lake: Lake, cfg: NegativesConfig, run: RunRef) -> None:
     sources: dict[str, bytes] = {}
     keys = [json.loads(p)["negative"]["source"] for p in rows["params"]]
     if cfg.source == "pairs":
-        src = lake.read(DEGRADED, columns=["pair_id", "hq"])
+        src = lake.read(layout.DEGRADED, columns=["pair_id", "hq"])
         src = src.filter(pc.is_in(src.column("pair_id"), value_set=pa.array(keys, pa.string())))
         sources = dict(zip(src.column("pair_id").to_pylist(), src.column("hq").to_pylist()))
     run.log_image(preview_grid(rows, sources, n=cfg.grid_rows), "negatives_grid.png")

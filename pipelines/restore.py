@@ -66,9 +66,10 @@ if __name__ == "__main__":
 import numpy as np
 from PIL import Image
 
-import stages.restore as restore_mod
+from catalog import layout
 from catalog.config import ConfigError, apply_overrides, from_dict, to_dict
 from catalog.lake import code_digest
+from catalog.registry import is_model_uri, resolve_model_path
 from catalog.tracking import RunRef, Tracker, TrackingConfig
 from stages.restore import RestoreConfig, Restorer
 
@@ -241,11 +242,11 @@ def run_restore(ctx, cfg: Optional[RestoreConfig] = None) -> dict[str, int]:
     return run_stage(
         ctx,
         stage="restore",
-        table=f"restorations/{cfg.resolved_run_id()}",  # one partition per sampler setting: runs compare in SQL
-        inputs=["pairs"],
+        table=layout.partition(layout.RESTORATIONS, cfg.resolved_run_id()),  # one partition per sampler setting: runs compare in SQL
+        inputs=[layout.PAIRS],
         section=cfg,
         code=code_digest("stages.restore"),
-        input_table="pairs/degraded",  # negatives are training targets, not restoration inputs
+        input_table=layout.DEGRADED,  # negatives are training targets, not restoration inputs
         key="pair_id",
         fn=Restorer,
         batch_size=cfg.batch_size,
@@ -261,7 +262,7 @@ def log_lake_restorations(lake, cfg: RestoreConfig, run: RunRef) -> dict[str, fl
     """Speed metrics of this run's rows and a grid LQ | restored | HQ of the first few pairs."""
     import pyarrow.compute as pc
 
-    rows = lake.read("restorations", columns=["pair_id", "run_id", "status", "seconds"])
+    rows = lake.read(layout.RESTORATIONS, columns=["pair_id", "run_id", "status", "seconds"])
     rows = rows.filter(pc.equal(rows.column("run_id"), cfg.resolved_run_id()))
     metrics = speed_metrics(rows.column("seconds").to_pylist(), rows.column("status").to_pylist(),
                             cfg.sampler.num_steps)
@@ -269,10 +270,10 @@ def log_lake_restorations(lake, cfg: RestoreConfig, run: RunRef) -> dict[str, fl
     ok = [p for p, s in zip(rows.column("pair_id").to_pylist(), rows.column("status").to_pylist()) if s == "ok"]
     ok = sorted(ok)[:GRID_ROWS]
     if ok:
-        restored = lake.read("restorations", columns=["pair_id", "run_id", "restored"])
+        restored = lake.read(layout.RESTORATIONS, columns=["pair_id", "run_id", "restored"])
         restored = restored.filter(pc.and_(pc.is_in(restored.column("pair_id"), value_set=_arr(ok)),
                                            pc.equal(restored.column("run_id"), cfg.resolved_run_id())))
-        pairs = lake.read("pairs", columns=["pair_id", "lq", "hq"])
+        pairs = lake.read(layout.PAIRS, columns=["pair_id", "lq", "hq"])
         pairs = pairs.filter(pc.is_in(pairs.column("pair_id"), value_set=_arr(ok)))
         by_id = {p: {} for p in ok}
         for t, cols in ((pairs, ("lq", "hq")), (restored, ("restored",))):
@@ -318,7 +319,7 @@ def use_registered_model(model: str, tracking_uri: str, lake: str) -> Optional[P
     """For an MLflow model URI (``models:/supir@champion``, ``models:/supir@latest``, ``runs:/...``):
     point MLFLOW_TRACKING_URI at the store (``--tracking-uri``, else MLFLOW_TRACKING_URI, else the
     lake's) so that the restoring actors resolve it, and resolve it here once to fail early."""
-    if not model.startswith(("models:/", "runs:/")):
+    if not is_model_uri(model):
         return None
     import os
 
@@ -326,7 +327,7 @@ def use_registered_model(model: str, tracking_uri: str, lake: str) -> Optional[P
 
     uri, _ = resolve_uri(TrackingConfig(uri=tracking_uri), lake)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # inherited by a local Ray cluster's workers
-    return restore_mod.resolve_model_path(model, uri)
+    return resolve_model_path(model, uri)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -49,9 +49,11 @@ if __name__ == "__main__":
 
 import yaml
 
+from catalog import layout
 from catalog.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from catalog.lake import Lake
-from catalog.tracking import RunRef, Tracker, TrackingConfig, register_model
+from catalog.registry import is_model_uri, publish as publish_model, resolve_model_path
+from catalog.tracking import RunRef, Tracker, TrackingConfig
 from model.config import ModelConfig
 from stages.train import STAGES, TrainConfig, TrainSection, train_loop
 
@@ -151,12 +153,12 @@ def train_dataset(lake: Lake, image_ids: Optional[Sequence[str]] = None):
     import pyarrow.compute as pc
     import ray
 
-    files = lake.files("pairs")
+    files = lake.files(layout.PAIRS)
     if not files:
         raise ConfigError("train: the `pairs` table is empty; run the degrade stage first")
     captions: dict[str, str] = {}
-    if lake.exists("captions"):
-        t = lake.read("captions", columns=["image_id", "caption", "status"])
+    if lake.exists(layout.CAPTIONS):
+        t = lake.read(layout.CAPTIONS, columns=["image_id", "caption", "status"])
         t = t.filter(pc.equal(t.column("status"), "ok"))
         captions = dict(zip(t.column("image_id").to_pylist(), t.column("caption").to_pylist()))
     ds = ray.data.read_parquet(files, columns=PAIR_COLUMNS, filesystem=lake.fs, override_num_blocks=len(files),
@@ -185,7 +187,7 @@ class _OkWithCaptions:
 def train_images(ctx) -> Optional[list[str]]:
     """The image_ids training may read: the train split of the kept images (None: a lake without
     `filtered`, such as pairs written by hand, trains on every pair)."""
-    if not ctx.lake.exists("filtered"):
+    if not ctx.lake.exists(layout.FILTERED):
         log.warning("train: no `filtered` table in the lake, so no held-out split: training on every pair")
         return None
     from pipelines.common import train_image_ids
@@ -194,7 +196,7 @@ def train_images(ctx) -> Optional[list[str]]:
 
 
 def storage(lake: Lake) -> str:
-    return lake.uri("train")
+    return lake.uri(layout.TRAIN)
 
 
 def final_folder(lake: Lake, section: TrainSection, stage: str) -> str:
@@ -213,9 +215,7 @@ def resolve_init_from(lake: Lake, section: TrainSection, cfg: TrainConfig, track
             return path
         log.warning("train adaptor: no finished encoder stage under %s, starting from an untrained E_dr", path)
         return None
-    if cfg.init_from.startswith(("models:/", "runs:/")):
-        from stages.restore import resolve_model_path
-
+    if is_model_uri(cfg.init_from):
         return str(resolve_model_path(cfg.init_from, tracking_uri or None))
     return cfg.init_from or None
 
@@ -314,11 +314,12 @@ def publish(checkpoint, lake: Lake, section: TrainSection, stage: str, cfg: Trai
 
             options = to_dict(restore if restore is not None else RestoreConfig())
             pyfunc_dir = save_pyfunc(model_dir, Path(d) / "pyfunc", options)
-            run.client().log_artifacts(run.run_id, str(pyfunc_dir), "model")
             if section.registered_model:
                 aliases = [a for a in (section.alias, stage) if a]
-                out["model_version"] = register_model(run, section.registered_model, aliases)
-                out["model_uri"] = f"models:/{section.registered_model}@{aliases[0]}"
+                out["model_version"], out["model_uri"] = publish_model(run, pyfunc_dir, section.registered_model,
+                                                                       aliases)
+            else:
+                run.client().log_artifacts(run.run_id, str(pyfunc_dir), "model")
     return out
 
 

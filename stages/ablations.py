@@ -8,26 +8,24 @@ The evidence that each training stage learned something (SUPIR sections 3.1-3.2)
                     (bit for bit the untrained adaptor's UNet, model/connectors.py)
     supir           the trained model (the restore stage), at more sampler seeds for a seed spread
 
-``vae`` and ``stage1`` are :class:`PassThroughRestorer`: the restore stage's pre- and post-processing
-(working size, tiled VAE, resize back to the target), with the sampler and the colour fix left out.
-The sampler rows are the restore stage's own :class:`~stages.restore.Restorer` with another
-SamplerConfig (see :func:`ablation_runs`).
+``vae`` and ``stage1`` are :class:`PassThroughRestorer`: model/restoration.py's
+:meth:`~model.restoration.Restoration.round_trip` (working size, tiled VAE, resize back to the target;
+no sampler, no colour fix) in the restore stage's batch adapter. The sampler rows are the restore
+stage's own :class:`~stages.restore.Restorer` with another SamplerConfig (see :func:`ablation_runs`).
 """
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-import torch
 from PIL import Image
 
 from catalog.config import check, digest
-from model.images import to_pil
+from model.restoration import ROUND_TRIPS
 from stages.restore import RestoreConfig, Restorer
 
-PASS_THROUGH = ("vae", "stage1")
+PASS_THROUGH = ROUND_TRIPS
 SAMPLER_ROWS = ("supir_control0",)
 METHODS = PASS_THROUGH + SAMPLER_ROWS
 
@@ -95,22 +93,9 @@ class PassThroughRestorer(Restorer):
         super().__init__(run.restore, model=model)
         self.mode = run.mode
 
-    @torch.inference_mode()
     def restore(self, img: Image.Image, key: str, caption: Optional[str] = None,
                 scale: Optional[int] = None) -> Image.Image:
-        model = self.model
-        (tw, th), (sw, sh), x_lq = self.prepare(img, scale)  # x_lq: (1, 3, H, W)
-        encode, encoder = ((model.encode_lq, model.encoder) if self.mode == "stage1"
-                           else (model.encode, model.vae.encoder))
-        t0 = time.perf_counter()
-        z = self._vae(encode, x_lq, True, encoder).to(self.dtype)  # (1, 4, H/f, W/f)
-        out = self._vae(model.decode, z, False, model.vae.decoder).clamp(-1, 1).float()  # (1, 3, H, W)
-        result = to_pil(out)
-        if result.size != (tw, th):
-            result = result.resize((tw, th), Image.Resampling.BICUBIC)
-        self.last_info = {"sampling_seconds": time.perf_counter() - t0, "steps": 0, "sampling_size": (sw, sh),
-                          "size": (tw, th)}
-        return result
+        return self.restoration.round_trip(img, self.mode, scale)
 
 
 def stage_class(run: AblationRun):

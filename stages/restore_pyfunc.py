@@ -14,7 +14,7 @@ Input: a DataFrame with ``image`` (encoded image bytes, any format Pillow reads)
 ``caption`` (prepended to the positive prompt). Output: ``restored`` (PNG bytes), ``width``,
 ``height``. Restore options (steps, min_size, device, ...) are the model config: the values it
 was registered with, changed at load time by ``load_model(uri, model_config={"min_size": 512})``.
-stages.restore.resolve_model_path still finds the checkpoint folder inside this layout.
+catalog.registry.resolve_model_path still finds the checkpoint folder inside this layout.
 """
 from __future__ import annotations
 
@@ -59,25 +59,28 @@ with warnings.catch_warnings():
 
         def load_context(self, context) -> None:
             from catalog.config import from_dict
-            from stages.restore import RestoreConfig, Restorer
+            from model.restoration import Restoration
+            from stages.restore import RestoreConfig
 
             options = dict(context.model_config or {})
             options["model"] = context.artifacts[ARTIFACT]
-            self.restorer = Restorer(from_dict(RestoreConfig, options, prefix="model_config"))
+            self.cfg = from_dict(RestoreConfig, options, prefix="model_config")
+            self.restoration = Restoration.from_checkpoint(self.cfg.model, self.cfg, self.cfg.device, self.cfg.dtype,
+                                                           self.cfg.prior)
 
         def predict(self, context, model_input, params=None):
             import pandas as pd
 
-            from stages.restore import decode_image, encode_png
+            from catalog import codec
 
             captions = model_input["caption"] if "caption" in model_input else [None] * len(model_input)
             out: dict[str, list[Any]] = {"restored": [], "width": [], "height": []}
             for data, caption in zip(model_input["image"], captions):
                 data = bytes(data)
                 key = hashlib.sha256(data).hexdigest()[:16]  # the noise seed follows the image, not its row
-                decoded = decode_image(data, self.restorer.cfg.max_pixels)  # a DecodeError names what is wrong
-                img = self.restorer.restore(decoded.image, key, caption if isinstance(caption, str) else None)
-                out["restored"].append(encode_png(img))
+                decoded = codec.decode(data, self.cfg.max_pixels)  # a DecodeError names what is wrong
+                img = self.restoration.restore(decoded.image, key, caption if isinstance(caption, str) else None)
+                out["restored"].append(codec.encode_png(img))
                 out["width"].append(img.width)
                 out["height"].append(img.height)
             return pd.DataFrame(out)

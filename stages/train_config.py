@@ -162,7 +162,7 @@ class TrainSection:
 
     alias: str = "champion"
     """Alias set on each new version, besides the stage name ("encoder" / "adaptor"). MLflow
-    reserves "latest": ``models:/<name>@latest`` is read as the newest version (stages/restore.py)."""
+    reserves "latest": ``models:/<name>@latest`` is read as the newest version (catalog/registry.py)."""
 
     encoder: TrainConfig = field(default_factory=lambda: TrainConfig(stage="encoder"))
     """Stage 1: E_dr."""

@@ -45,7 +45,7 @@ def test_count_flops_matches_the_matmul_formula(gpu):
 
 
 def test_restore_config_is_the_released_setting_at_1024(gpu):
-    from stages.restore import working_size
+    from model.restoration import working_size
 
     cfg = gpu.restore_config("float16", 50)
     s = cfg.sampler

@@ -192,7 +192,7 @@ def test_cli_refuses_a_missing_file_and_a_pickle_with_code_naming_them(tmp_path,
 @pytest.mark.slow
 def test_register_in_mlflow_and_resolve_the_alias(tmp_path):
     from model.convert_official import register
-    from stages.restore import resolve_model_path
+    from catalog.registry import resolve_model_path
 
     path, _, _ = narrow_file(tmp_path)
     folder = convert(path, tmp_path / "ckpt", parts=meta_parts(ModelConfig(**NARROW_CFG), NARROW_UNET, NARROW_VAE))

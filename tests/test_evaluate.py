@@ -180,8 +180,8 @@ def test_report_table_chart_and_grid(tmp_path):
 
 def test_plan_work_and_gather_join_restorations_with_their_pairs(pairs, tmp_path):
     """The shuffle-free join of the evaluate stage: keys in the driver, images read per batch."""
+    from catalog import layout
     from catalog.lake import Lake
-    from evaluation.baselines import BASELINES_TABLE
     from pipelines.evaluate import GatherImages, _key, plan_work
 
     lake = Lake(str(tmp_path / "lake"))
@@ -192,7 +192,7 @@ def test_plan_work_and_gather_join_restorations_with_their_pairs(pairs, tmp_path
                                               "method": ["supir"] * 3, "status": ["ok", "error", "ok"],
                                               "restored": [restored[0], None, restored[1]]}))
     for i in range(2):  # one part per pair
-        lake.write_part(BASELINES_TABLE, pa.table({"pair_id": [ids[i]], "run_id": ["b"], "method": ["bicubic"],
+        lake.write_part(layout.BASELINES, pa.table({"pair_id": [ids[i]], "run_id": ["b"], "method": ["bicubic"],
                                                    "status": ["ok"], "restored": [restored[i]]}))
     work = plan_work(lake)
     assert sorted(zip(work["pair_id"].to_pylist(), work["method"].to_pylist())) == sorted(

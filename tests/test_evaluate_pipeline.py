@@ -10,9 +10,10 @@ import pyarrow.compute as pc
 import pytest
 from PIL import Image, ImageFilter
 
+from catalog import layout
 from catalog.lake import Lake
 from catalog.tracking import Tracker, TrackingConfig
-from evaluation.baselines import BASELINES_TABLE, BaselineConfig
+from evaluation.baselines import BaselineConfig
 from evaluation.metrics import EvalConfig
 from evaluation.report import TABLE1_SQL, table1
 from iqa_weights import demo_pairs, has_niqe, seeded_weights
@@ -115,4 +116,4 @@ def test_baselines_then_evaluate(ctx, ray_local):
     # a rerun with nothing changed is a cache hit; the baselines table kept its rows
     assert run_evaluate(ctx) == counts
     assert lake.manifest("metrics")["state"] == "fresh"
-    assert lake.read(BASELINES_TABLE, columns=["method"]).num_rows == 2 * N_PAIRS
+    assert lake.read(layout.BASELINES, columns=["method"]).num_rows == 2 * N_PAIRS

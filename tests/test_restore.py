@@ -14,7 +14,8 @@ from catalog.lake import conform
 from model.config import ModelConfig
 from model.sampler import SamplerConfig
 from model.tiling import TilingConfig
-from stages.restore import RestoreConfig, Restorer, encode_png, working_size
+from catalog.codec import encode_png
+from stages.restore import RestoreConfig, Restorer
 
 FAST = dict(min_size=64, progress=False, sampler=SamplerConfig(num_steps=3))
 
@@ -47,13 +48,6 @@ def batch(lq: list, captions=None, scales=None) -> dict[str, np.ndarray]:
     if scales is not None:
         out["scale"] = np.array(scales, dtype=np.int32)
     return out
-
-
-def test_working_size():
-    assert working_size(40, 32, 1, 64) == ((40, 32), (64, 64))  # 80 x 64 -> multiples of 64
-    assert working_size(500, 333, 1, 1024) == ((500, 333), (1536, 1024))
-    assert working_size(2000, 1500, 1, 1024) == ((2000, 1500), (1984, 1472))  # never shrunk, only rounded
-    assert working_size(128, 96, 4, 1024) == ((512, 384), (1344, 1024))
 
 
 def test_corrupt_rows_get_a_status_and_the_batch_completes(tiny_model):

@@ -165,21 +165,22 @@ def tiny():
 
 
 def test_size_conditioning_fixed_at_1024_with_crop_00(tiny):
-    released = Restorer(RestoreConfig(model="-", sampler=SamplerConfig(preset="released")), model=tiny)
-    pos, neg = released._conditioning("a house", 96, 64)
+    released = Restorer(RestoreConfig(model="-", sampler=SamplerConfig(preset="released")), model=tiny).restoration
+    pos, neg = released.conditioning("a house", 96, 64)
     assert pos.added_cond_kwargs["time_ids"].tolist() == [[1024, 1024, 0, 0, 1024, 1024]]
     assert neg.added_cond_kwargs["time_ids"].tolist() == [[1024, 1024, 0, 0, 1024, 1024]]
-    paper = Restorer(RestoreConfig(model="-"), model=tiny)
-    assert paper._conditioning("a house", 96, 64)[0].added_cond_kwargs["time_ids"].tolist() == [[96, 64, 0, 0, 96, 64]]
+    paper = Restorer(RestoreConfig(model="-"), model=tiny).restoration
+    assert paper.conditioning("a house", 96, 64)[0].added_cond_kwargs["time_ids"].tolist() == [[96, 64, 0, 0, 96, 64]]
 
 
 def test_stage1_reference_is_unclamped_in_the_released_setting(tiny, monkeypatch):
     """x_stage1 = D(z_LQ) as it comes: a decode that overshoots [-1, 1] reaches the colour fix unclamped."""
-    import stages.restore as restore_mod
     from PIL import Image
 
+    import model.restoration as restoration_mod
+
     seen = []
-    monkeypatch.setattr(restore_mod, "color_fix", lambda out, ref, kind: seen.append(ref.abs().max().item()) or out)
+    monkeypatch.setattr(restoration_mod, "color_fix", lambda out, ref, kind: seen.append(ref.abs().max().item()) or out)
     decode = tiny.decode
     monkeypatch.setattr(tiny, "decode", lambda z: decode(z) * 4.0)  # out of range on purpose
     img = Image.new("RGB", (64, 64), (200, 30, 90))

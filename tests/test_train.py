@@ -130,15 +130,16 @@ def test_resume_continues_exactly(rows, tmp_path):
 
 @pytest.mark.slow
 def test_registered_model_loads_by_name_and_alias(rows, tmp_path, monkeypatch):
-    """publish(): the final model as MLflow artifacts, registered with aliases; stages/restore.py and
+    """publish(): the final model as MLflow artifacts, registered with aliases; catalog/registry.py and
     pipelines/restore.py resolve models:/supir@<alias> (and @latest: the newest version)."""
     from ray.train import Checkpoint
 
     from catalog.lake import Lake
+    from catalog.registry import resolve_model_path
     from catalog.tracking import Tracker, TrackingConfig
     from pipelines.restore import use_registered_model
     from pipelines.train import publish
-    from stages.restore import RestoreConfig, Restorer, resolve_model_path
+    from stages.restore import RestoreConfig, Restorer
     from model.sampler import SamplerConfig
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
