@@ -34,6 +34,7 @@ class DegradationRobustEncoder(ModelMixin, ConfigMixin):
         scaling_factor: float = 0.13025,
         shift_factor: Optional[float] = None,
         use_quant_conv: bool = True,
+        mid_block_add_attention: bool = True,
     ):
         super().__init__()
         self.encoder = Encoder(
@@ -45,6 +46,7 @@ class DegradationRobustEncoder(ModelMixin, ConfigMixin):
             act_fn=act_fn,
             norm_num_groups=norm_num_groups,
             double_z=True,
+            mid_block_add_attention=mid_block_add_attention,
         )
         self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
 
@@ -63,6 +65,7 @@ class DegradationRobustEncoder(ModelMixin, ConfigMixin):
             scaling_factor=c.scaling_factor,
             shift_factor=getattr(c, "shift_factor", None),
             use_quant_conv=getattr(c, "use_quant_conv", True),
+            mid_block_add_attention=getattr(c, "mid_block_add_attention", True),
         )
         enc = enc.to(device=vae.device)  # float32 (the default dtype); the prior may be bf16
         enc.encoder.load_state_dict(vae.encoder.state_dict())

@@ -185,7 +185,9 @@ def _bare_encoder(prior: SDXLPrior) -> DegradationRobustEncoder:
     c = prior.vae.config
     return DegradationRobustEncoder(c.in_channels, c.latent_channels, tuple(c.down_block_types),
                                     tuple(c.block_out_channels), c.layers_per_block, c.act_fn,
-                                    c.norm_num_groups, c.scaling_factor, getattr(c, "shift_factor", None))
+                                    c.norm_num_groups, c.scaling_factor, getattr(c, "shift_factor", None),
+                                    use_quant_conv=getattr(c, "use_quant_conv", True),
+                                    mid_block_add_attention=getattr(c, "mid_block_add_attention", True))
 
 
 def make_prior(cfg: ModelConfig, device: str | torch.device = "cpu") -> SDXLPrior:

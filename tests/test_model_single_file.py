@@ -116,4 +116,4 @@ def test_original_layout_single_file_loads_identically(tmp_path):
             outs.append(m.prior_eps(torch.ones(1, 4, 8, 8), 300, ehs, m.added_cond_kwargs(pooled, 64, 64)))
     # same weights, same math; the loaded file may differ in memory layout (strides), which picks other
     # CPU kernels on some processors (AMD EPYC here): float32 round-off, not a different model
-    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
