@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from catalog import layout
 from pipelines.cli import DAG
 from pipelines.dag import BY_NAME
 
@@ -96,6 +97,11 @@ def cache_state(cfg: Any, lake_root: str, stage: str) -> str:
             return json.loads(f.read())
 
     manifest = read("_manifest.json")
+    if manifest is None and table == layout.RESTORATIONS:  # one partition per run id: restorations/<run_id>/
+        done = [name for name in _partitions(fs, f"{base.rstrip('/')}/{table}") if read(f"{name}/_manifest.json")]
+        if done:
+            return (f"{len(done)} restoration run(s) done ({', '.join(sorted(done)[:4])}{', ...' if len(done) > 4 else ''}); "
+                    "a run whose config, model or code changed gets a new run id and runs")
     if manifest is None:
         return "started, will resume from its finished parts" if read("_started.json") else "not run: runs"
     spec = manifest.get("spec", {})
@@ -107,6 +113,15 @@ def cache_state(cfg: Any, lake_root: str, stage: str) -> str:
     if code is not None and spec.get("code") != code:
         return done + "; code changed since: reruns"
     return done + "; cached unless its inputs changed"
+
+
+def _partitions(fs: Any, folder: str) -> list[str]:
+    """Names of the sub-folders of ``folder`` (none when it does not exist)."""
+    import pyarrow.fs as pafs
+
+    if fs.get_file_info(folder).type != pafs.FileType.Directory:
+        return []
+    return [i.base_name for i in fs.get_file_info(pafs.FileSelector(folder)) if i.type == pafs.FileType.Directory]
 
 
 def _code_digest(stage: str) -> str | None:

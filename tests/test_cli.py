@@ -115,6 +115,20 @@ def test_plan_reports_finished_changed_and_started_stages(tmp_path, capsys):
     assert state["degrade"].strip() == "not run: runs"
 
 
+def test_plan_finds_restore_runs_in_their_partitions(tmp_path, capsys):
+    """restore writes one partition per run id (restorations/<run_id>/_manifest.json), not a root manifest."""
+    from catalog import layout
+    from catalog.lake import Lake, StageSpec
+
+    lake = Lake(tmp_path)
+    spec = StageSpec("restore", layout.partition(layout.RESTORATIONS, "run-abc"))
+    lake.begin(spec)
+    lake.finish(spec, {"ok": 16})
+    r = full(capsys, "--plan", f"lake={tmp_path}", "stages=[restore]")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "1 restoration run(s) done (run-abc)" in r.stdout, r.stdout
+
+
 def test_demo_metrics_are_all_computable_from_make_weights(tmp_path):
     """The demo asks only for metrics that `make weights` (seed) can give: none may end up n/a."""
     import torch
