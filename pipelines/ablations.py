@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from catalog import layout
 from catalog.lake import code_digest
-from pipelines.common import Context, data_split, gpus_if_available, run_stage
+from pipelines.common import Context, caption_map, data_split, gpus_if_available, run_stage
 from stages.ablations import AblationConfig, ablation_runs, stage_class
 from stages.restore import RestoreConfig
 
@@ -42,6 +42,7 @@ def run_ablations(ctx: Context, restore: RestoreConfig, cfg: AblationConfig | No
     if allow is not None and not allow:
         raise ValueError(f"ablations: no ok degraded pairs in split {cfg.split!r} (ablations.split); "
                          "see split.heldout_fraction")
+    captions = caption_map(ctx.lake) if restore.use_captions else {}
     out = {}
     for run in ablation_runs(restore, cfg):
         name = f"{run.method}@seed{run.restore.sampler.seed}" if run.mode == "sample" else run.method
@@ -49,7 +50,7 @@ def run_ablations(ctx: Context, restore: RestoreConfig, cfg: AblationConfig | No
             ctx,
             stage=f"ablation_{run.method}",
             table=layout.partition(layout.RESTORATIONS, run.restore.resolved_run_id()),
-            inputs=[layout.PAIRS],
+            inputs=[layout.PAIRS, layout.CAPTIONS] if captions else [layout.PAIRS],
             section=run,
             code=code_digest("stages.ablations"),
             input_table=layout.DEGRADED,
@@ -58,9 +59,10 @@ def run_ablations(ctx: Context, restore: RestoreConfig, cfg: AblationConfig | No
             batch_size=run.restore.batch_size,
             actors=run.restore.actors,
             num_gpus=gpus_if_available(run.restore.num_gpus_per_actor),
-            columns=["pair_id", "lq", "hq", "caption", "scale", "status"],
+            columns=["pair_id", "image_id", "lq", "hq", "caption", "scale", "status"],
             where=("status", "ok"),
             allow=allow,
+            fill=("caption", "image_id", captions),
         )
         log.info("ablations: %s -> %s", name, out[name])
     return out

@@ -146,9 +146,10 @@ class ReadPending:
     """
 
     def __init__(self, lake_root: str, columns: Optional[list[str]], key: str, done: list,
-                 where: Optional[tuple[str, str]] = None, allow: Optional[list] = None):
+                 where: Optional[tuple[str, str]] = None, allow: Optional[list] = None,
+                 fill: Optional[tuple[str, str, dict]] = None):
         self.lake_root, self.columns, self.key = lake_root, columns, key
-        self.done, self.where, self.allow = done, where, allow
+        self.done, self.where, self.allow, self.fill = done, where, allow, fill
 
     def __call__(self, batch: dict) -> pa.Table:
         import pyarrow.parquet as pq
@@ -166,7 +167,24 @@ class ReadPending:
         if self.done:
             fresh = pc.invert(pc.is_in(block.column(self.key), value_set=pa.array(self.done, type=block.schema.field(self.key).type)))
             mask = fresh if mask is None else pc.and_(mask, fresh)
-        return block if mask is None else block.filter(mask)
+        block = block if mask is None else block.filter(mask)
+        if self.fill is not None:  # e.g. each pair's caption from the `captions` table, where the row has none
+            column, by, values = self.fill
+            have = block.column(column).to_pylist() if column in block.column_names else [None] * block.num_rows
+            filled = pa.array([h if isinstance(h, str) and h.strip() else values.get(str(k))
+                               for h, k in zip(have, block.column(by).to_pylist())], pa.string())
+            block = (block.set_column(block.schema.get_field_index(column), column, filled)
+                     if column in block.column_names else block.append_column(column, filled))
+        return block
+
+
+def caption_map(lake: Lake) -> dict[str, str]:
+    """image_id -> caption of the ok rows of `captions` (empty without the table)."""
+    if not lake.exists(layout.CAPTIONS):
+        return {}
+    t = lake.read(layout.CAPTIONS, columns=["image_id", "caption", "status"])
+    t = t.filter(pc.equal(t.column("status"), "ok"))
+    return dict(zip(t.column("image_id").to_pylist(), t.column("caption").to_pylist()))
 
 
 def run_stage(
@@ -191,12 +209,14 @@ def run_stage(
     status_column: str = "status",
     finalize: Optional[Callable[[RunRef], None]] = None,
     counts: Optional[Callable[[], dict[str, int]]] = None,
+    fill: Optional[tuple[str, str, dict]] = None,
 ) -> dict[str, int]:
     """Run one map stage: cached when nothing changed, resumed when killed, else fresh.
 
     ``fn(section)`` is the stage's callable class; it maps batches of ``input_table`` rows
     (``columns``, filtered by ``where`` and by ``allow``, a list of accepted keys) to rows of
     ``table``; ``key`` identifies an input row in the output (for resume). ``finalize`` runs global passes once all rows are written.
+    ``fill`` = (column, by, values) fills an input row's missing ``column`` with ``values[row[by]]``.
     """
     import ray
     from ray.data import ActorPoolStrategy
@@ -224,7 +244,7 @@ def run_stage(
         if files:
             # light tasks get a fraction of a CPU so that they never wait behind the stage's actors
             ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
-            ds = ds.map_batches(ReadPending(lake.root, columns, key, done, where, allow), batch_size=1, num_cpus=0.1)
+            ds = ds.map_batches(ReadPending(lake.root, columns, key, done, where, allow, fill), batch_size=1, num_cpus=0.1)
             ds = ds.map_batches(
                 StageActor,
                 fn_constructor_args=(fn, section),

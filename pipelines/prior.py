@@ -51,7 +51,7 @@ from catalog.config import ConfigError, apply_overrides, digest, from_dict, load
 from catalog.lake import Lake, code_digest
 from catalog.tracking import RunRef, Tracker, TrackingConfig
 from model.config import ModelConfig
-from pipelines.common import train_image_ids
+from pipelines.common import caption_map, train_image_ids
 from stages.split import SplitConfig
 from stages.negatives import NegativeMaker, NegativesConfig, preview_grid
 from stages.prior_train import STAGE0_FILE, read_stage0, train_prior
@@ -86,11 +86,7 @@ def read_training_images(lake: Lake, captions: bool = True, allow: Optional[Sequ
         part = part.filter(pc.and_(pc.equal(part.column("status"), "ok"),
                                    pc.is_in(part.column("image_id"), value_set=pa.array(sorted(ids), pa.string()))))
         found.update(zip(part.column("image_id").to_pylist(), part.column("bytes").to_pylist()))
-    texts: dict[str, str] = {}
-    if captions and lake.exists(layout.CAPTIONS):
-        c = lake.read(layout.CAPTIONS, columns=["image_id", "caption", "status"])
-        c = c.filter(pc.equal(c.column("status"), "ok"))
-        texts = dict(zip(c.column("image_id").to_pylist(), c.column("caption").to_pylist()))
+    texts = caption_map(lake) if captions else {}
     order = sorted(found)
     return order, [found[i] for i in order], [texts.get(i) for i in order]
 

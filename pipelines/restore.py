@@ -236,14 +236,15 @@ def restore_folder(cfg: RestoreConfig, input_dir: str | Path, output_dir: str | 
 
 def run_restore(ctx, cfg: Optional[RestoreConfig] = None) -> dict[str, int]:
     """The `restore` stage of the full pipeline: ok rows of `pairs` -> `restorations` (cached, resumable)."""
-    from pipelines.common import gpus_if_available, run_stage
+    from pipelines.common import caption_map, gpus_if_available, run_stage
 
     cfg = cfg or ctx.cfg.restore
+    captions = caption_map(ctx.lake) if cfg.use_captions else {}
     return run_stage(
         ctx,
         stage="restore",
         table=layout.partition(layout.RESTORATIONS, cfg.resolved_run_id()),  # one partition per sampler setting: runs compare in SQL
-        inputs=[layout.PAIRS],
+        inputs=[layout.PAIRS, layout.CAPTIONS] if captions else [layout.PAIRS],
         section=cfg,
         code=code_digest("stages.restore"),
         input_table=layout.DEGRADED,  # negatives are training targets, not restoration inputs
@@ -252,8 +253,9 @@ def run_restore(ctx, cfg: Optional[RestoreConfig] = None) -> dict[str, int]:
         batch_size=cfg.batch_size,
         actors=cfg.actors,
         num_gpus=gpus_if_available(cfg.num_gpus_per_actor),
-        columns=["pair_id", "lq", "hq", "caption", "scale", "status"],
+        columns=["pair_id", "image_id", "lq", "hq", "caption", "scale", "status"],
         where=("status", "ok"),
+        fill=("caption", "image_id", captions),  # degraded pairs carry no caption: the image's, as training reads it
         finalize=lambda run: log_lake_restorations(ctx.lake, cfg, run),
     )
 

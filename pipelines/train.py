@@ -150,17 +150,14 @@ def local_folder(uri: str) -> str:
 def train_dataset(lake: Lake, image_ids: Optional[Sequence[str]] = None):
     """Ray Data dataset of ok `pairs` rows with a caption (the pair's own, else `captions`');
     ``image_ids``: only pairs of these images (the train split: held-out photos are never trained on)."""
-    import pyarrow.compute as pc
     import ray
+
+    from pipelines.common import caption_map
 
     files = lake.files(layout.PAIRS)
     if not files:
         raise ConfigError("train: the `pairs` table is empty; run the degrade stage first")
-    captions: dict[str, str] = {}
-    if lake.exists(layout.CAPTIONS):
-        t = lake.read(layout.CAPTIONS, columns=["image_id", "caption", "status"])
-        t = t.filter(pc.equal(t.column("status"), "ok"))
-        captions = dict(zip(t.column("image_id").to_pylist(), t.column("caption").to_pylist()))
+    captions = caption_map(lake)
     ds = ray.data.read_parquet(files, columns=PAIR_COLUMNS, filesystem=lake.fs, override_num_blocks=len(files),
                                num_cpus=0.25)
     return ds.map_batches(_OkWithCaptions(captions, image_ids), batch_format="pyarrow", batch_size=None, num_cpus=0.1)

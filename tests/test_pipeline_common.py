@@ -1,0 +1,45 @@
+"""pipelines/common.py's part reader: the rows a stage's actors get (filters, resume, the caption join)."""
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.common import ReadPending, caption_map
+
+
+def _part(tmp_path, rows):
+    path = tmp_path / "part-0.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return str(path)
+
+
+def test_pairs_get_their_image_caption_where_they_have_none(tmp_path):
+    """Degraded pairs carry no caption; restore and the ablations read each pair's image caption
+    from `captions` (as training does); a pair's own caption (a negative's prompt) stays."""
+    rows = [{"pair_id": "a", "image_id": "i1", "caption": None, "status": "ok"},
+            {"pair_id": "b", "image_id": "i2", "caption": "its own", "status": "ok"},
+            {"pair_id": "c", "image_id": "i3", "caption": "", "status": "ok"},
+            {"pair_id": "d", "image_id": "i1", "caption": None, "status": "error"}]
+    read = ReadPending(str(tmp_path), None, "pair_id", done=["c"], where=("status", "ok"),
+                       fill=("caption", "image_id", {"i1": "a red door", "i2": "ignored"}))
+    out = read({"path": [_part(tmp_path, rows)]}).to_pylist()
+    assert [(r["pair_id"], r["caption"]) for r in out] == [("a", "a red door"), ("b", "its own")]
+
+
+def test_fill_adds_the_column_when_the_part_has_none(tmp_path):
+    read = ReadPending(str(tmp_path), None, "pair_id", done=[], fill=("caption", "image_id", {"i1": "x"}))
+    out = read({"path": [_part(tmp_path, [{"pair_id": "a", "image_id": "i1"}, {"pair_id": "b", "image_id": "i9"}])]})
+    assert out.column("caption").to_pylist() == ["x", None]
+
+
+def test_caption_map_reads_ok_captions_only(tmp_path):
+    from catalog.lake import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    assert caption_map(lake) == {}
+    from catalog.schemas import TABLES
+
+    schema = TABLES["captions"]
+    base = {"captioner": "alt", "prompt": "", "params": "{}", "seconds": 0.1, "new_tokens": 2, "error": None}
+    rows = [{**base, "image_id": "i1", "caption": "a cat", "status": "ok"},
+            {**base, "image_id": "i2", "caption": None, "status": "error", "error": "boom"}]
+    lake.write_part("captions", pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema))
+    assert caption_map(lake) == {"i1": "a cat"}
