@@ -47,8 +47,11 @@ def heldout_rows(lake, cfg) -> list[dict]:
     from stages.split import SplitConfig, assign_split, heldout_ids
 
     kept = [r["image_id"] for r in lake.read("filtered", columns=["image_id", "keep"]).to_pylist() if r["keep"]]
+    from pipelines.common import caption_map
+
     held = set(heldout_ids(assign_split(kept, getattr(cfg, "split", None) or SplitConfig())))
-    return [r for r in lake.read("pairs").to_pylist()
+    captions = caption_map(lake)  # as the restore stage does: degraded pairs carry no caption of their own
+    return [{**r, "caption": r.get("caption") or captions.get(r["image_id"])} for r in lake.read("pairs").to_pylist()
             if r["image_id"] in held and r["kind"] == "degraded" and r["status"] == "ok"]
 
 
