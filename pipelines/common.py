@@ -169,13 +169,19 @@ class ReadPending:
             mask = fresh if mask is None else pc.and_(mask, fresh)
         block = block if mask is None else block.filter(mask)
         if self.fill is not None:  # e.g. each pair's caption from the `captions` table, where the row has none
-            column, by, values = self.fill
-            have = block.column(column).to_pylist() if column in block.column_names else [None] * block.num_rows
-            filled = pa.array([h if isinstance(h, str) and h.strip() else values.get(str(k))
-                               for h, k in zip(have, block.column(by).to_pylist())], pa.string())
-            block = (block.set_column(block.schema.get_field_index(column), column, filled)
-                     if column in block.column_names else block.append_column(column, filled))
+            block = fill_missing(block, *self.fill)
         return block
+
+
+def fill_missing(block: pa.Table, column: str, by: str, values: dict, default: Optional[str] = None) -> pa.Table:
+    """``block`` with each row's missing or blank string ``column`` taken from ``values[row[by]]``
+    (else ``default``); the column is added when the block has none."""
+    have = block.column(column).to_pylist() if column in block.column_names else [None] * block.num_rows
+    filled = pa.array([h if isinstance(h, str) and h.strip() else values.get(str(k)) or default
+                       for h, k in zip(have, block.column(by).to_pylist())], pa.string())
+    if column in block.column_names:
+        return block.set_column(block.schema.get_field_index(column), column, filled)
+    return block.append_column(column, filled)
 
 
 def caption_map(lake: Lake) -> dict[str, str]:

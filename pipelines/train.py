@@ -175,10 +175,9 @@ class _OkWithCaptions:
         keep = pc.equal(block.column("status"), "ok")
         if self.image_ids is not None:
             keep = pc.and_(keep, pc.is_in(block.column("image_id"), value_set=pa.array(self.image_ids, pa.string())))
-        block = block.filter(keep).drop_columns(["status"])
-        caps = [c if isinstance(c, str) and c.strip() else self.captions.get(i) or ""
-                for c, i in zip(block.column("caption").to_pylist(), block.column("image_id").to_pylist())]
-        return block.set_column(block.schema.get_field_index("caption"), "caption", pa.array(caps, pa.string()))
+        from pipelines.common import fill_missing
+
+        return fill_missing(block.filter(keep).drop_columns(["status"]), "caption", "image_id", self.captions, "")
 
 
 def train_images(ctx) -> Optional[list[str]]:

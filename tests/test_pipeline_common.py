@@ -43,3 +43,18 @@ def test_caption_map_reads_ok_captions_only(tmp_path):
             {**base, "image_id": "i2", "caption": None, "status": "error", "error": "boom"}]
     lake.write_part("captions", pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema))
     assert caption_map(lake) == {"i1": "a cat"}
+
+
+def test_training_rows_get_their_image_caption_or_the_empty_prompt():
+    """pipelines/train.py's reader: ok rows of the train split, the pair's own caption, else the image's, else ""."""
+    from pipelines.train import _OkWithCaptions
+
+    block = pa.Table.from_pylist([
+        {"pair_id": "a", "image_id": "i1", "caption": None, "status": "ok"},
+        {"pair_id": "b", "image_id": "i2", "caption": "own", "status": "ok"},
+        {"pair_id": "c", "image_id": "i3", "caption": None, "status": "ok"},
+        {"pair_id": "d", "image_id": "i1", "caption": None, "status": "error"},
+        {"pair_id": "e", "image_id": "held", "caption": None, "status": "ok"}])
+    out = _OkWithCaptions({"i1": "a red door"}, ["i1", "i2", "i3"])(block)
+    assert out.column_names == ["pair_id", "image_id", "caption"]
+    assert out.column("caption").to_pylist() == ["a red door", "own", ""]
