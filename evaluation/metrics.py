@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from catalog.config import check
-from evaluation.safe_load import WeightsTampered, guarded_loads
+from evaluation.safe_load import TorchScriptRefused, WeightsTampered, guarded_loads
 
 log = logging.getLogger(__name__)
 
@@ -330,8 +330,8 @@ def load_metric(name: str, weights_dir: str | os.PathLike, device: torch.device,
         with weights_folder(weights_dir, allow_download), guarded_loads(), contextlib.redirect_stdout(io.StringIO()):
             fn = pyiqa.create_metric(name, device=device)
         return Metric(name, fn, fn.metric_mode == "FR", bool(fn.lower_better))
-    except WeightsTampered as e:
-        return Metric(name, status="error", error=f"WeightsTampered: {str(e)[:500]}")
+    except (WeightsTampered, TorchScriptRefused) as e:
+        return Metric(name, status="error", error=f"{type(e).__name__}: {str(e)[:500]}")
     except pickle.UnpicklingError as e:  # weights-only refused a file that holds more than tensors
         return Metric(name, status="error", error=f"refused to unpickle code from a weight file: {str(e)[:500]}")
     except (WeightsMissing, FileNotFoundError, ImportError) as e:

@@ -11,6 +11,11 @@ a metric so that
   ``LPIPS_v0.1_alex-df73285e.pth``), is hashed first and refused with :class:`WeightsTampered`
   when its content does not match the name.
 
+- a TorchScript archive (``torch.jit.load``; pyiqa reads OpenAI's CLIP files and ARNIQA's regressor
+  that way) is refused with :class:`TorchScriptRefused`: such an archive carries code that runs
+  when it loads. Save its ``state_dict()`` once, on a machine you trust, under the same name; pyiqa
+  then builds the model from the state dict.
+
 The genuine pyiqa, torchvision and stlpips weights are plain state dicts and load unchanged.
 """
 from __future__ import annotations
@@ -31,6 +36,44 @@ _verified: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha
 
 class WeightsTampered(ValueError):
     """A weight file's content does not match the sha256 prefix in its name."""
+
+
+class TorchScriptRefused(RuntimeError):
+    """A weight file is a TorchScript archive, which carries code; only state dicts are loaded.
+
+    A RuntimeError, as torch.jit.load's own failures are, so loaders that fall back from a JIT archive
+    to a state dict (pyiqa's CLIP) still take their fallback; the fallback's torch.load refuses the
+    same archive again, so the error reaches the caller."""
+
+
+def _name_of(f: Any) -> str:
+    return str(f) if isinstance(f, (str, os.PathLike)) else str(getattr(f, "name", "<stream>"))
+
+
+def is_torchscript(f: Any) -> bool:
+    """Whether ``f`` (a path or a seekable binary file) is a TorchScript zip: it holds ``constants.pkl``
+    or a ``code/`` folder, which plain ``torch.save`` archives never have. The file position is kept."""
+    import zipfile
+
+    seekable = not isinstance(f, (str, os.PathLike)) and hasattr(f, "seek") and hasattr(f, "tell")
+    if not isinstance(f, (str, os.PathLike)) and not seekable:
+        return False
+    pos = f.tell() if seekable else 0
+    try:
+        with zipfile.ZipFile(f) as z:
+            inner = [n.split("/", 1)[-1] for n in z.namelist()]
+        return any(n == "constants.pkl" or n.startswith("code/") for n in inner)
+    except (zipfile.BadZipFile, OSError):
+        return False
+    finally:
+        if seekable:
+            f.seek(pos)
+
+
+def refuse_torchscript(f: Any) -> TorchScriptRefused:
+    return TorchScriptRefused(
+        f"{_name_of(f)}: a TorchScript archive, which runs code when loaded; only state dicts are loaded "
+        "from the weights folder. On a machine you trust: torch.save(torch.jit.load(path).state_dict(), path)")
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -66,19 +109,28 @@ def guarded_loads() -> Iterator[None]:
 
     original = torch.load
 
+    original_jit = torch.jit.load
+
     def load(f: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(f, (str, os.PathLike)):
             check_name_hash(f)
+        if is_torchscript(f):
+            raise refuse_torchscript(f)
         kwargs.pop("weights_only", None)
         return original(f, *args, weights_only=True, **kwargs)
+
+    def jit_load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        raise refuse_torchscript(f)
 
     saved = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"  # also covers callers holding torch.serialization.load
     torch.load = load
+    torch.jit.load = jit_load
     try:
         yield
     finally:
         torch.load = original
+        torch.jit.load = original_jit
         if saved is None:
             os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
         else:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from evaluation.metrics import load_metric
-from evaluation.safe_load import WeightsTampered, check_name_hash, guarded_loads
+from evaluation.safe_load import TorchScriptRefused, WeightsTampered, check_name_hash, guarded_loads, is_torchscript
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,3 +78,49 @@ def test_metrics_check_with_crafted_weights_runs_no_code(tmp_path):
     shutil.copy(real, weights / "pyiqa" / real.name)
     m = load_metric("stlpips", weights, torch.device("cpu"))
     assert m.status == "ok", m.error
+
+
+def _scripted(path: Path) -> None:
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+
+
+def test_torchscript_archives_are_refused_by_path_and_by_stream(tmp_path):
+    """A TorchScript archive carries code that runs as it loads (pyiqa reads CLIP and ARNIQA's regressor
+    with torch.jit.load): refused under guarded_loads, both through torch.jit.load and through
+    torch.load's own dispatch to it; its state dict, saved by the user, loads."""
+    jit = tmp_path / "ViT-B-32.pt"
+    _scripted(jit)
+    with guarded_loads():
+        with pytest.raises(TorchScriptRefused, match="ViT-B-32.pt.*TorchScript"):
+            torch.jit.load(str(jit))
+        with open(jit, "rb") as f:  # pyiqa's clip loader: jit.load(file), then torch.load(file) on failure
+            with pytest.raises(TorchScriptRefused):
+                torch.jit.load(f)
+            with pytest.raises(TorchScriptRefused):
+                torch.load(f, map_location="cpu")
+    assert isinstance(torch.jit.load(str(jit)), torch.jit.ScriptModule)  # restored after the block
+    torch.save(torch.jit.load(str(jit)).state_dict(), jit)  # the README's conversion
+    with guarded_loads():
+        assert set(torch.load(jit)) == {"weight", "bias"}
+
+
+def test_is_torchscript_tells_archives_apart(tmp_path):
+    _scripted(tmp_path / "a.pt")
+    torch.save({"w": torch.ones(1)}, tmp_path / "b.pt")
+    (tmp_path / "c.pt").write_bytes(b"not a zip")
+    assert is_torchscript(tmp_path / "a.pt")
+    assert not is_torchscript(tmp_path / "b.pt")
+    assert not is_torchscript(tmp_path / "c.pt")
+    with open(tmp_path / "a.pt", "rb") as f:
+        f.seek(3)
+        assert is_torchscript(f) and f.tell() == 3
+
+
+def test_pyiqa_clip_loader_refuses_a_torchscript_file(tmp_path):
+    """pyiqa's CLIP loader (clipiqa, clipscore) reads the file with torch.jit.load and falls back to
+    torch.load on a RuntimeError: under guarded_loads both refuse, naming the file."""
+    from pyiqa.archs.clip_model import load as clip_load
+
+    _scripted(tmp_path / "RN50.pt")
+    with guarded_loads(), pytest.raises(TorchScriptRefused, match="RN50.pt"):
+        clip_load(str(tmp_path / "RN50.pt"), device="cpu")
