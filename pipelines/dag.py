@@ -59,33 +59,82 @@ def run_prior(ctx) -> dict:
     return {"prior": ctx.cfg.model.prior}
 
 
+def train_record(stage: str, name: str) -> str:
+    """The lake folder whose manifest records that training stage ``stage`` ("encoder"/"adaptor") of
+    the run named ``name`` (train.name) finished: ``_stages/train_<stage>/<name>``. One record per
+    run name, like the run's own folder <lake>/train/<name>-<stage>/, so that training another name
+    in the same lake (another seed, another experiment) never replaces this run's record."""
+    return layout.partition(BY_NAME[f"train_{stage}"].writes, name)
+
+
+def train_config_digest(cfg, stage: str) -> str:
+    """The config part of a training stage's cache key (``cfg``: the run's config)."""
+    from catalog.config import digest
+
+    section = cfg.train
+    return digest({"train": section.stage(stage), "model": cfg.model, "name": section.name,
+                   "split": getattr(cfg, "split", None)})
+
+
 def run_train(ctx, stage: str) -> dict:
     """One training stage, skipped when its inputs, config and code are unchanged since it finished.
 
     A changed spec starts the stage's Ray Train run afresh; the same spec after a kill resumes it
-    from its latest checkpoint (pipelines/train.py)."""
-    from catalog.config import digest
+    from its latest checkpoint (pipelines/train.py). Records are kept per run name (:func:`train_record`)."""
     from catalog.lake import StageSpec, code_digest
     from pipelines.train import run_train as train, storage
 
     run_prior(ctx)
     lake, section = ctx.lake, ctx.cfg.train
     me = BY_NAME[f"train_{stage}"]
-    spec = StageSpec(me.name, me.writes, {t: lake.digest(t) for t in me.reads},
-                     digest({"train": section.stage(stage), "model": ctx.cfg.model, "name": section.name,
-                             "split": ctx.cfg.split}),
-                     code_digest("stages.train"))
+    spec = StageSpec(me.name, train_record(stage, section.name), {t: lake.digest(t) for t in me.reads},
+                     train_config_digest(ctx.cfg, stage), code_digest("stages.train"))
+    started_before = adopt_legacy_record(lake, spec)
     state = lake.begin(spec)
     if state == "cached":
         log.info("%s: cached (inputs, config and code unchanged)", me.name)
         return lake.manifest(spec.table)["summary"]
-    if state == "fresh":  # checkpoints of another spec must not be resumed
+    if state == "fresh" and not started_before:  # checkpoints of another spec must not be resumed
         run_dir = f"{storage(lake).rstrip('/')}/{section.name}-{stage}"
         if lake.fs.get_file_info(run_dir).type.name == "Directory":
             lake.fs.delete_dir(run_dir)
     summary = train(ctx, stage)
     lake.finish(spec, {"steps": int(summary.get("step", 0))}, {"summary": summary})
     return summary
+
+
+def adopt_legacy_record(lake, spec) -> bool:
+    """Lakes written before records were kept per run name hold one record per training stage, in
+    ``_stages/train_<stage>/`` itself. A record there whose spec is this run's (the config digest
+    covers train.name, so it is one run's) moves into this run's folder: a finished run stays a cache
+    hit, a killed one resumes (returns True: its started record was this run's). A record of another
+    run stays where it is, for that run's name to adopt; nothing is deleted that is not moved."""
+    import json
+
+    old_table = spec.table.rsplit("/", 1)[0]
+    old_spec = {**spec.to_json(), "table": old_table}
+    folder = lake.path(old_table)
+
+    def read(name: str):
+        path = f"{folder}/{name}"
+        if lake.fs.get_file_info(path).type.name != "File":
+            return None, path
+        with lake.fs.open_input_stream(path) as f:
+            return json.loads(f.read()), path
+
+    manifest, manifest_path = read("_manifest.json")
+    if manifest is not None and manifest.get("spec") == old_spec and lake.manifest(spec.table) is None:
+        lake.fs.create_dir(lake.path(spec.table), recursive=True)
+        keep = {k: v for k, v in manifest.items() if k not in ("spec", "counts", "rows", "files", "parts")}
+        lake.finish(spec, manifest.get("counts", {}), keep)
+        lake.fs.delete_file(manifest_path)
+        log.info("%s: adopted the record of the old layout (%s) for run %r", spec.stage, old_table,
+                 spec.table.rsplit("/", 1)[1])
+    started, started_path = read("_started.json")
+    if started is not None and started == old_spec:
+        lake.fs.delete_file(started_path)
+        return lake.manifest(spec.table) is None  # unfinished: resume its checkpoints
+    return False
 
 
 def restore_config(ctx):
