@@ -76,6 +76,10 @@ def train_config_digest(cfg, stage: str) -> str:
                    "split": getattr(cfg, "split", None)})
 
 
+# what a training stage runs, for its cache key: the loop, and the plan of each worker's rows
+TRAIN_CODE = ("stages.train", "stages.train_shards")
+
+
 def run_train(ctx, stage: str) -> dict:
     """One training stage, skipped when its inputs, config and code are unchanged since it finished.
 
@@ -88,13 +92,13 @@ def run_train(ctx, stage: str) -> dict:
     lake, section = ctx.lake, ctx.cfg.train
     me = BY_NAME[f"train_{stage}"]
     spec = StageSpec(me.name, train_record(stage, section.name), {t: lake.digest(t) for t in me.reads},
-                     train_config_digest(ctx.cfg, stage), code_digest("stages.train"))
-    started_before = adopt_legacy_record(lake, spec)
+                     train_config_digest(ctx.cfg, stage), code_digest(*TRAIN_CODE))
+    drop_old_layout_record(lake, me.writes)
     state = lake.begin(spec)
     if state == "cached":
         log.info("%s: cached (inputs, config and code unchanged)", me.name)
         return lake.manifest(spec.table)["summary"]
-    if state == "fresh" and not started_before:  # checkpoints of another spec must not be resumed
+    if state == "fresh":  # checkpoints of another spec must not be resumed
         run_dir = f"{storage(lake).rstrip('/')}/{section.name}-{stage}"
         if lake.fs.get_file_info(run_dir).type.name == "Directory":
             lake.fs.delete_dir(run_dir)
@@ -103,38 +107,19 @@ def run_train(ctx, stage: str) -> dict:
     return summary
 
 
-def adopt_legacy_record(lake, spec) -> bool:
-    """Lakes written before records were kept per run name hold one record per training stage, in
-    ``_stages/train_<stage>/`` itself. A record there whose spec is this run's (the config digest
-    covers train.name, so it is one run's) moves into this run's folder: a finished run stays a cache
-    hit, a killed one resumes (returns True: its started record was this run's). A record of another
-    run stays where it is, for that run's name to adopt; nothing is deleted that is not moved."""
-    import json
-
-    old_table = spec.table.rsplit("/", 1)[0]
-    old_spec = {**spec.to_json(), "table": old_table}
-    folder = lake.path(old_table)
-
-    def read(name: str):
-        path = f"{folder}/{name}"
-        if lake.fs.get_file_info(path).type.name != "File":
-            return None, path
-        with lake.fs.open_input_stream(path) as f:
-            return json.loads(f.read()), path
-
-    manifest, manifest_path = read("_manifest.json")
-    if manifest is not None and manifest.get("spec") == old_spec and lake.manifest(spec.table) is None:
-        lake.fs.create_dir(lake.path(spec.table), recursive=True)
-        keep = {k: v for k, v in manifest.items() if k not in ("spec", "counts", "rows", "files", "parts")}
-        lake.finish(spec, manifest.get("counts", {}), keep)
-        lake.fs.delete_file(manifest_path)
-        log.info("%s: adopted the record of the old layout (%s) for run %r", spec.stage, old_table,
-                 spec.table.rsplit("/", 1)[1])
-    started, started_path = read("_started.json")
-    if started is not None and started == old_spec:
-        lake.fs.delete_file(started_path)
-        return lake.manifest(spec.table) is None  # unfinished: resume its checkpoints
-    return False
+def drop_old_layout_record(lake, folder: str) -> None:
+    """Lakes written before records were kept per run name hold one record per training stage in
+    ``folder`` (``_stages/train_<stage>/``) itself. It is not read: its code digest predates the
+    per-rank share plan (stages/train_shards.py, in the key since), so it could never be a cache hit
+    or resume. Each run name retrains once, into its own record; the old record's two JSON files are
+    removed, with a warning, so that it is not mistaken for a current one (the models under
+    <lake>/train/ and the MLflow runs stay)."""
+    for name in ("_manifest.json", "_started.json"):
+        path = f"{lake.path(folder)}/{name}"
+        if lake.fs.get_file_info(path).type.name == "File":
+            log.warning("%s: a training record of the old layout (one per stage, not per train.name); "
+                        "it is removed and each run name trains once afresh into %s/<name>/", path, folder)
+            lake.fs.delete_file(path)
 
 
 def restore_config(ctx):

@@ -133,7 +133,11 @@ def _code_digest(stage: str) -> str | None:
     from catalog.lake import code_digest
 
     modules = {"crawl": "stages.crawl", "filter": "stages.filter", "degrade": "stages.degrade",
-               "baselines": "evaluation.baselines", "train_encoder": "stages.train", "train_adaptor": "stages.train"}
+               "baselines": "evaluation.baselines"}
+    if stage.startswith("train_"):
+        from pipelines.dag import TRAIN_CODE
+
+        return code_digest(*TRAIN_CODE)
     return code_digest(modules[stage]) if stage in modules else None
 
 

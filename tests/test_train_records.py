@@ -1,6 +1,6 @@
 """Training's cache records are kept per run name (pipelines/dag.py train_record): training another
 name in the same lake never replaces a run's record, so the first run stays a cache hit and its
-folder is kept. Lakes of the old layout (one record per stage) are adopted by the run they describe.
+folder is kept. A record of the old layout (one per stage) is removed, and each name trains once.
 
 The trainer itself is replaced by a recorder that writes into the run's folder as Ray Train would:
 what is tested is the cache decision (train, resume, skip, delete), not training."""
@@ -70,39 +70,22 @@ def test_another_run_name_keeps_the_first_runs_record_and_folder(tmp_path, train
     assert _files(tmp_path / layout.TRAIN / "seed1-encoder") == ["ckpt-2"]
 
 
-def _old_layout_spec(ctx: Context) -> StageSpec:
-    """The spec the code before per-name records wrote, in _stages/train_encoder/ itself."""
-    me = dag.BY_NAME["train_encoder"]
-    return StageSpec(me.name, me.writes, {t: ctx.lake.digest(t) for t in me.reads},
-                     dag.train_config_digest(ctx.cfg, "encoder"), code_digest("stages.train"))
-
-
-def test_a_finished_run_of_the_old_layout_stays_a_cache_hit(tmp_path, trained):
+def test_a_record_of_the_old_layout_is_removed_and_each_name_trains_once(tmp_path, trained, caplog):
+    """An old lake: one record per stage in _stages/train_encoder/ itself (the spec the code before
+    per-name records wrote). It is never a cache hit (its code digest predates the share plan): it is
+    removed with a warning naming it, each name trains once into its own record, then hits the cache."""
     a, b = _ctx(tmp_path, "seed0", 0), _ctx(tmp_path, "seed1", 1)
-    old = _old_layout_spec(a)
+    me = dag.BY_NAME["train_encoder"]
+    old = StageSpec(me.name, me.writes, {t: a.lake.digest(t) for t in me.reads},
+                    dag.train_config_digest(a.cfg, "encoder"), code_digest("stages.train"))
     a.lake.begin(old)
-    a.lake.finish(old, {"steps": 3}, {"summary": {"stage": "encoder", "step": 3, "name": "old"}})
-    folder = tmp_path / layout.TRAIN / "seed0-encoder"
-    folder.mkdir(parents=True)
-    (folder / "ckpt-old").write_text("")
-    dag.run_train(b, "encoder")  # another name: runs, and leaves seed0's old record alone
-    assert (tmp_path / "_stages" / "train_encoder" / "_manifest.json").is_file()
-    summary = dag.run_train(a, "encoder")
-    assert trained == [("seed1", "encoder")] and summary["name"] == "old"
-    assert _files(folder) == ["ckpt-old"]
+    a.lake.finish(old, {"steps": 3}, {"summary": {"stage": "encoder", "step": 3}})
     stage_dir = tmp_path / "_stages" / "train_encoder"
-    assert not (stage_dir / "_manifest.json").exists() and not (stage_dir / "_started.json").exists()
-    assert (stage_dir / "seed0" / "_manifest.json").is_file()
-    assert dag.run_train(a, "encoder")["name"] == "old"  # and stays one
-
-
-def test_a_killed_run_of_the_old_layout_resumes_its_checkpoints(tmp_path, trained):
-    a = _ctx(tmp_path, "seed0", 0)
-    a.lake.begin(_old_layout_spec(a))  # started, never finished
-    folder = tmp_path / layout.TRAIN / "seed0-encoder"
-    folder.mkdir(parents=True)
-    (folder / "ckpt-old").write_text("")
+    assert {p.name for p in stage_dir.iterdir()} == {"_manifest.json", "_started.json"}
+    with caplog.at_level("WARNING", logger="supir"):
+        dag.run_train(a, "encoder")
+    assert "old layout" in caplog.text and str(stage_dir / "_manifest.json") in caplog.text
+    assert {p.name for p in stage_dir.iterdir()} == {"seed0"}
+    dag.run_train(b, "encoder")
     dag.run_train(a, "encoder")
-    assert trained == [("seed0", "encoder")]
-    assert _files(folder) == ["ckpt-1", "ckpt-old"]  # resumed: the old checkpoints were kept
-    assert not (tmp_path / "_stages" / "train_encoder" / "_started.json").exists()
+    assert trained == [("seed0", "encoder"), ("seed1", "encoder")]
