@@ -66,10 +66,10 @@ def eligible_groups(fs: pafs.FileSystem, files: Sequence[str], columns: Sequence
     reading only ``columns`` (what ``keep`` looks at)."""
     out = []
     for path in files:
-        pf = pq.ParquetFile(path, filesystem=fs)
-        for g in range(pf.metadata.num_row_groups):
-            mask = keep(pf.read_row_group(g, columns=list(columns)))
-            out.append(Group(path, g, tuple(pc.indices_nonzero(mask.fill_null(False)).to_pylist())))
+        with pq.ParquetFile(path, filesystem=fs) as pf:
+            for g in range(pf.metadata.num_row_groups):
+                mask = keep(pf.read_row_group(g, columns=list(columns)))
+                out.append(Group(path, g, tuple(pc.indices_nonzero(mask.fill_null(False)).to_pylist())))
     return out
 
 
@@ -125,6 +125,8 @@ def read_share(fs: pafs.FileSystem, pieces: Sequence[Piece], columns: Sequence[s
         stats.row_groups += 1
         idx = pa.array([i for a, b in piece.ranges for i in range(a, b)], pa.int64())
         tables.append(group.take(idx))
+    for pf in opened.values():
+        pf.close()
     table = pa.concat_tables(tables, promote_options="default")
     stats.files, stats.rows = len(opened), table.num_rows
     return table, stats
