@@ -3,7 +3,7 @@
     python bench/train.py                     # tiny preset on CPU, Ray Train with 1 and 2 workers
     python bench/train.py --steps 20 --workers 1 2 --stages encoder adaptor
 
-CPU: samples/s of the tiny preset through the real pipeline (pipelines/train.py: Ray Data shard,
+CPU: samples/s of the tiny preset through the real pipeline (pipelines/train.py: each worker's share,
 TorchTrainer, DDP over gloo), the median of the per-step rate the loop logs to MLflow, first two
 steps excluded; plus the wall time of the whole fit (Ray Train start-up included).
 

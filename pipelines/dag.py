@@ -59,22 +59,41 @@ def run_prior(ctx) -> dict:
     return {"prior": ctx.cfg.model.prior}
 
 
+def train_record(stage: str, name: str) -> str:
+    """The lake folder whose manifest records that training stage ``stage`` ("encoder"/"adaptor") of
+    the run named ``name`` (train.name) finished: ``_stages/train_<stage>/<name>``. One record per
+    run name, like the run's own folder <lake>/train/<name>-<stage>/, so that training another name
+    in the same lake (another seed, another experiment) never replaces this run's record."""
+    return layout.partition(BY_NAME[f"train_{stage}"].writes, name)
+
+
+def train_config_digest(cfg, stage: str) -> str:
+    """The config part of a training stage's cache key (``cfg``: the run's config)."""
+    from catalog.config import digest
+
+    section = cfg.train
+    return digest({"train": section.stage(stage), "model": cfg.model, "name": section.name,
+                   "split": getattr(cfg, "split", None)})
+
+
+# what a training stage runs, for its cache key: the loop, and the plan of each worker's rows
+TRAIN_CODE = ("stages.train", "stages.train_shards")
+
+
 def run_train(ctx, stage: str) -> dict:
     """One training stage, skipped when its inputs, config and code are unchanged since it finished.
 
     A changed spec starts the stage's Ray Train run afresh; the same spec after a kill resumes it
-    from its latest checkpoint (pipelines/train.py)."""
-    from catalog.config import digest
+    from its latest checkpoint (pipelines/train.py). Records are kept per run name (:func:`train_record`)."""
     from catalog.lake import StageSpec, code_digest
     from pipelines.train import run_train as train, storage
 
     run_prior(ctx)
     lake, section = ctx.lake, ctx.cfg.train
     me = BY_NAME[f"train_{stage}"]
-    spec = StageSpec(me.name, me.writes, {t: lake.digest(t) for t in me.reads},
-                     digest({"train": section.stage(stage), "model": ctx.cfg.model, "name": section.name,
-                             "split": ctx.cfg.split}),
-                     code_digest("stages.train"))
+    spec = StageSpec(me.name, train_record(stage, section.name), {t: lake.digest(t) for t in me.reads},
+                     train_config_digest(ctx.cfg, stage), code_digest(*TRAIN_CODE))
+    drop_old_layout_record(lake, me.writes)
     state = lake.begin(spec)
     if state == "cached":
         log.info("%s: cached (inputs, config and code unchanged)", me.name)
@@ -86,6 +105,21 @@ def run_train(ctx, stage: str) -> dict:
     summary = train(ctx, stage)
     lake.finish(spec, {"steps": int(summary.get("step", 0))}, {"summary": summary})
     return summary
+
+
+def drop_old_layout_record(lake, folder: str) -> None:
+    """Lakes written before records were kept per run name hold one record per training stage in
+    ``folder`` (``_stages/train_<stage>/``) itself. It is not read: its code digest predates the
+    per-rank share plan (stages/train_shards.py, in the key since), so it could never be a cache hit
+    or resume. Each run name retrains once, into its own record; the old record's two JSON files are
+    removed, with a warning, so that it is not mistaken for a current one (the models under
+    <lake>/train/ and the MLflow runs stay)."""
+    for name in ("_manifest.json", "_started.json"):
+        path = f"{lake.path(folder)}/{name}"
+        if lake.fs.get_file_info(path).type.name == "File":
+            log.warning("%s: a training record of the old layout (one per stage, not per train.name); "
+                        "it is removed and each run name trains once afresh into %s/<name>/", path, folder)
+            lake.fs.delete_file(path)
 
 
 def restore_config(ctx):

@@ -72,8 +72,9 @@ def _config_digest(cfg: Any, stage: str) -> str | None:
     if stage in ("crawl", "filter", "degrade", "baselines", "evaluate"):
         return digest(getattr(cfg, stage))
     if stage.startswith("train_"):
-        s = stage.removeprefix("train_")
-        return digest({"train": cfg.train.stage(s), "model": cfg.model, "name": cfg.train.name})
+        from pipelines.dag import train_config_digest
+
+        return train_config_digest(cfg, stage.removeprefix("train_"))
     return None  # caption, negatives and restore digest a section resolved at run time
 
 
@@ -82,6 +83,10 @@ def cache_state(cfg: Any, lake_root: str, stage: str) -> str:
     import pyarrow.fs as pafs
 
     table = BY_NAME[stage].writes  # the table whose manifest records that the stage finished
+    if stage.startswith("train_"):  # one record per run name
+        from pipelines.dag import train_record
+
+        table = train_record(stage.removeprefix("train_"), cfg.train.name)
     if table is None:
         return "run at start of the stages that need it (cached in <lake>/priors/ by data, config and code)"
     if "://" in lake_root and not lake_root.startswith("file://"):
@@ -128,7 +133,11 @@ def _code_digest(stage: str) -> str | None:
     from catalog.lake import code_digest
 
     modules = {"crawl": "stages.crawl", "filter": "stages.filter", "degrade": "stages.degrade",
-               "baselines": "evaluation.baselines", "train_encoder": "stages.train", "train_adaptor": "stages.train"}
+               "baselines": "evaluation.baselines"}
+    if stage.startswith("train_"):
+        from pipelines.dag import TRAIN_CODE
+
+        return code_digest(*TRAIN_CODE)
     return code_digest(modules[stage]) if stage in modules else None
 
 

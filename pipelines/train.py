@@ -4,8 +4,10 @@
     ray job submit --address http://<head>:8265 --working-dir . -- python pipelines/train.py -c configs/sdxl.yaml
 
 The data is the `pairs` table (status ok; degraded and negative-quality rows) with captions from
-`captions` where a pair has none, as a Ray Data dataset that every worker reads; each worker
-keeps its share (stages/train_data.py). One TorchTrainer per stage: DDP over gloo on CPU, nccl
+`captions` where a pair has none. The driver plans each worker's share of the rows from the thin
+status and image_id columns; each worker then reads only the row groups of its share
+(stages/train_shards.py), so the table is read about once over all workers, not once per
+worker. One TorchTrainer per stage: DDP over gloo on CPU, nccl
 on GPU, FSDP as an option; the loop is stages/train.py. Checkpoints go to
 <lake>/train/<name>-<stage>/ through ray.train.Checkpoint; rerunning the same name (after a kill,
 or with more steps) resumes from the latest one. Worker failures restart the worker group up to
@@ -56,6 +58,7 @@ from catalog.registry import is_model_uri, publish as publish_model, resolve_mod
 from catalog.tracking import RunRef, Tracker, TrackingConfig
 from model.config import ModelConfig
 from stages.train import STAGES, TrainConfig, TrainSection, train_loop
+from stages.train_shards import Piece, ReadStats, eligible_groups, plan_shares, read_share
 
 log = logging.getLogger("supir")
 
@@ -66,36 +69,25 @@ PAIR_COLUMNS = ["pair_id", "image_id", "kind", "status", "hq", "lq", "caption"]
 # the worker side
 
 class RaySession:
-    """stages.train.Session on Ray Train: rank, the dataset shard, checkpoints, report."""
+    """stages.train.Session on Ray Train: rank, this worker's share of the rows, checkpoints, report."""
 
-    def __init__(self):
+    def __init__(self, data: "TrainShares", run: Optional[RunRef] = None):
         import ray.train
 
         ctx = ray.train.get_context()
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
+        self.data = data
+        self.run = run
 
     def rows(self) -> list[dict[str, Any]]:
-        """This worker's rows, in one pass over the (unsplit) dataset: those whose pair_id hashes
-        to this rank (a split that depends on the content only, never on arrival order), so only
-        this worker's share is held in memory. A worker whose share is empty (fewer rows than
-        workers) takes row ``rank mod N`` of the pair_id order instead."""
-        import ray.train
-
-        from catalog.seeds import seed_of
-
-        it = ray.train.get_dataset_shard("train")
-        ids, mine = [], []
-        for b in it.iter_batches(batch_format="pyarrow", batch_size=256):
-            for r in b.to_pylist():
-                ids.append(r["pair_id"])
-                if seed_of(r["pair_id"]) % self.world_size == self.rank:
-                    mine.append(r)
-        if not mine and ids:
-            want = sorted(ids)[self.rank % len(ids)]
-            mine = [r for b in it.iter_batches(batch_format="pyarrow", batch_size=256)
-                    for r in b.to_pylist() if r["pair_id"] == want]
-        return mine
+        """This worker's rows (stages/train_shards.py: only its own row groups are read); what it
+        read goes to the stage's run as data/rank<N>/{rows,row_groups,files,bytes}."""
+        rows, stats = self.data.rows(self.rank, self.world_size)
+        log.info("train rank %d: read %s", self.rank, stats.metrics())
+        if self.run is not None:
+            self.run.log_metrics({f"data/rank{self.rank}/{k}": v for k, v in stats.metrics().items()})
+        return rows
 
     def checkpoint(self):
         import contextlib
@@ -126,7 +118,8 @@ def train_worker(config: dict[str, Any]) -> None:
     """TorchTrainer's train_loop_per_worker: the stage loop on a RaySession."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     init_from = local_folder(config["init_from"]) if config.get("init_from") else None
-    session, run = RaySession(), config.get("run")
+    run = config.get("run")
+    session = RaySession(config["data"], run)
     # every rank samples its own machine (system/rank<N>/... in the stage's run)
     with run.system_metrics(node_id=f"rank{session.rank}") if run is not None else contextlib.nullcontext():
         train_loop(config["train"], config["model"], session, run=run, init_from=init_from,
@@ -147,20 +140,39 @@ def local_folder(uri: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # the driver side
 
-def train_dataset(lake: Lake, image_ids: Optional[Sequence[str]] = None):
-    """Ray Data dataset of ok `pairs` rows with a caption (the pair's own, else `captions`');
-    ``image_ids``: only pairs of these images (the train split: held-out photos are never trained on)."""
-    import ray
+@dataclass
+class TrainShares:
+    """What the training workers read: the lake's filesystem, each rank's pieces of `pairs` and the
+    captions map (a pair without a caption gets its image's, else the empty prompt)."""
 
+    fs: Any
+    shares: list[list[Piece]]
+    captions: dict[str, str]
+
+    def rows(self, rank: int, world_size: int) -> tuple[list[dict[str, Any]], ReadStats]:
+        """Rank ``rank``'s rows in pair_id order (what TrainExamples indexes), and what was read."""
+        if world_size != len(self.shares):
+            raise ValueError(f"the share plan is for {len(self.shares)} workers, this worker group has {world_size}")
+        table, stats = read_share(self.fs, self.shares[rank], PAIR_COLUMNS)
+        table = _OkWithCaptions(self.captions)(table)
+        return sorted(table.to_pylist(), key=lambda r: str(r["pair_id"])), stats
+
+
+def train_shares(lake: Lake, world_size: int, image_ids: Optional[Sequence[str]] = None) -> TrainShares:
+    """Each worker's share of the ok `pairs` rows (``image_ids``: only pairs of these images, the
+    train split: held-out photos are never trained on), planned from the status and image_id columns."""
     from pipelines.common import caption_map
 
     files = lake.files(layout.PAIRS)
     if not files:
         raise ConfigError("train: the `pairs` table is empty; run the degrade stage first")
-    captions = caption_map(lake)
-    ds = ray.data.read_parquet(files, columns=PAIR_COLUMNS, filesystem=lake.fs, override_num_blocks=len(files),
-                               num_cpus=0.25)
-    return ds.map_batches(_OkWithCaptions(captions, image_ids), batch_format="pyarrow", batch_size=None, num_cpus=0.1)
+    keep = _OkWithCaptions({}, image_ids).keep
+    groups = eligible_groups(lake.fs, files, ["status", "image_id"], keep)
+    try:
+        shares = plan_shares(groups, world_size)
+    except ValueError as e:
+        raise ConfigError(f"train: {e} (run the degrade stage, or check split.heldout_fraction)") from None
+    return TrainShares(lake.fs, shares, caption_map(lake))
 
 
 class _OkWithCaptions:
@@ -168,16 +180,21 @@ class _OkWithCaptions:
         self.captions = captions
         self.image_ids = None if image_ids is None else sorted(image_ids)
 
-    def __call__(self, block):
+    def keep(self, block):
+        """The rows training may read: status ok, of an image in ``image_ids`` (when given)."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
         keep = pc.equal(block.column("status"), "ok")
         if self.image_ids is not None:
             keep = pc.and_(keep, pc.is_in(block.column("image_id"), value_set=pa.array(self.image_ids, pa.string())))
+        return keep
+
+    def __call__(self, block):
         from pipelines.common import fill_missing
 
-        return fill_missing(block.filter(keep).drop_columns(["status"]), "caption", "image_id", self.captions, "")
+        return fill_missing(block.filter(self.keep(block)).drop_columns(["status"]), "caption", "image_id",
+                            self.captions, "")
 
 
 def train_images(ctx) -> Optional[list[str]]:
@@ -223,15 +240,16 @@ def _exists(lake: Lake, path: str) -> bool:
     return lake.fs.get_file_info(fs_path).type == pafs.FileType.File
 
 
-def make_trainer(cfg: TrainConfig, model_cfg: ModelConfig, run_name: str, storage_path: str, dataset,
+def make_trainer(cfg: TrainConfig, model_cfg: ModelConfig, run_name: str, storage_path: str, data: TrainShares,
                  run: Optional[RunRef], init_from: Optional[str], degrade: Any = None):
     """The TorchTrainer of one stage (resources live here, STYLE item 7)."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     return TorchTrainer(
         train_worker,
-        train_loop_config={"train": cfg, "model": model_cfg, "run": run, "init_from": init_from, "degrade": degrade},
+        train_loop_config={"train": cfg, "model": model_cfg, "run": run, "init_from": init_from, "degrade": degrade,
+                           "data": data},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
@@ -241,8 +259,6 @@ def make_trainer(cfg: TrainConfig, model_cfg: ModelConfig, run_name: str, storag
                              # Ray Train's INFO lines (worker group started, each checkpoint reported) stay
                              # in its log files under the Ray session; the console gets warnings and errors
                              logging_config=LoggingConfig(log_level="WARNING")),
-        datasets={"train": dataset},
-        dataset_config=DataConfig(datasets_to_split=[]),
     )
 
 
@@ -265,7 +281,8 @@ def run_train(ctx, stage: str) -> dict[str, Any]:
         images = train_images(ctx)
         if images is not None:  # None: no `filtered` table, every pair trains
             run.log_metrics({"train_images": len(images)})
-        trainer = make_trainer(cfg, model_cfg, f"{section.name}-{stage}", storage(lake), train_dataset(lake, images),
+        trainer = make_trainer(cfg, model_cfg, f"{section.name}-{stage}", storage(lake),
+                               train_shares(lake, cfg.num_workers, images),
                                run, init_from, degrade if cfg.on_the_fly_degradation else None)
         result = trainer.fit()
         seconds = time.time() - t0

@@ -1,7 +1,8 @@
 """Training examples: `pairs` rows (joined with captions) -> seeded, deterministic batches of tensors.
 
-Each worker holds its share of the rows (:func:`shard_rows`: every ``world_size``-th row of the
-pair_id order, so the split never depends on how the data arrived) and draws the batch of step
+Each worker holds its share of the rows (on Ray Train, stages/train_shards.py: a contiguous run of
+the table planned on the driver, read by that worker alone; in one process, :func:`shard_rows`), in
+pair_id order, so the split never depends on how the data arrived, and draws the batch of step
 ``k`` from a permutation per epoch seeded by (seed, rank, epoch). Crops, on-the-fly degradation
 draws, noise, timesteps and prompt dropout come from generators seeded by (seed, rank, step).
 So the batch of a step is a pure function of the step: a run resumed at step k + 1 sees exactly
@@ -9,7 +10,7 @@ what the uninterrupted run saw, and the data position in a checkpoint is just th
 
 Images are decoded per batch (the rows keep PNG bytes), LQ is resized bicubic to the HQ size
 (SUPIR trains with LQ at the HQ resolution), both are cropped at the same place, to [-1, 1].
-No Ray here: pipelines/train.py hands the rows of a Ray Data shard to :class:`TrainExamples`.
+No Ray here: pipelines/train.py hands each worker's rows to :class:`TrainExamples`.
 """
 from __future__ import annotations
 

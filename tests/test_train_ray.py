@@ -76,7 +76,9 @@ def halved(curve: dict[int, float]) -> tuple[float, float]:
     return first, last
 
 
-def test_stage1_two_workers_loss_halves(encoder_run):
+def test_stage1_two_workers_loss_halves(ctx, encoder_run):
+    from mlflow import MlflowClient
+
     summary, curve = encoder_run
     assert summary["start_step"] == 0 and summary["step"] == ENCODER["steps"]
     assert sorted(curve) == list(range(1, ENCODER["steps"] + 1))  # loss logged every step
@@ -85,6 +87,10 @@ def test_stage1_two_workers_loss_halves(encoder_run):
     assert last <= 0.5 * first
     assert (Path(summary["final"]) / "supir.json").is_file()
     assert summary["model_version"] == "1"
+    # each rank read its own half of the 4 pairs (stages/train_shards.py), and logged what it read
+    metrics = MlflowClient(ctx.tracker.uri).get_run(summary["run_id"]).data.metrics
+    assert [metrics[f"data/rank{r}/rows"] for r in (0, 1)] == [2, 2]
+    assert all(metrics[f"data/rank{r}/bytes"] > 0 for r in (0, 1))
 
 
 def test_stage2_two_workers_loss_halves_and_is_registered(ctx, encoder_run):
