@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from catalog import codec
-from tests.http_faults import huge_png
+from tests.support.http_faults import huge_png
 
 
 def jpeg_with_orientation(arr: np.ndarray, orientation: int) -> bytes:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from catalog.lake import Lake, StageSpec, code_digest, module_closure
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("catalog", "stages", "model", "evaluation", "pipelines", "degradations")
 # the module each pipeline stage digests (pipelines/*.py pass these to code_digest)
 STAGE_ROOTS = {

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,8 +15,8 @@ import pytest
 from catalog.lake import MARK, QUARANTINE, Lake, LakeError, StageSpec
 from catalog.lake_lock import LOCK, LakeLocked, lake_lock
 from stages.crawl import apply_duplicates, images_table, mark_duplicates
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SPEC = StageSpec("crawl", "images", {"sources": "d1"}, "c1", "k1")
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from catalog import layout
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 NAMES = set(layout.TABLE_NAMES) | set(layout.FOLDER_NAMES)
 # Lake methods whose arguments are table or folder names
 LAKE_METHODS = {"read", "files", "exists", "digest", "manifest", "path", "uri", "write_part", "rewrite_parts",

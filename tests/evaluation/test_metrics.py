@@ -15,7 +15,7 @@ from catalog.lake import conform
 from evaluation.metrics import EvalConfig, WeightsMissing, check_metric_names, load_metric, weights_folder
 from evaluation.report import markdown_table, table1, write_report
 from stages.evaluate import Evaluator
-from iqa_weights import demo_pairs, has_niqe, seeded_weights
+from tests.support.iqa_weights import demo_pairs, has_niqe, seeded_weights
 
 
 @pytest.fixture(scope="module")

@@ -98,7 +98,7 @@ def test_beats_bicubic_on_offline_perceptual_metrics_at_demo_size(photos, tmp_pa
     on 256-pixel crops it even ranks the HQ images below bicubic."""
     from evaluation.baselines import BaselineConfig, Baseliner
     from evaluation.metrics import EvalConfig
-    from iqa_weights import demo_pairs, has_niqe, seeded_weights
+    from tests.support.iqa_weights import demo_pairs, has_niqe, seeded_weights
     from stages.evaluate import Evaluator
 
     weights, _ = seeded_weights(tmp_path / "weights")

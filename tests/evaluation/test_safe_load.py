@@ -11,8 +11,7 @@ import torch
 
 from evaluation.metrics import load_metric
 from evaluation.safe_load import WeightsTampered, check_name_hash, guarded_loads
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
 
 
 class _Payload:

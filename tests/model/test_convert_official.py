@@ -16,10 +16,11 @@ from model.checkpoint import PARTS, read_meta
 from model.config import SDXL_UNET, SDXL_VAE, ModelConfig
 from model.convert_official import (KeyMap, _unet_layout, convert, convert_tensors, main, meta_parts,
                                     project_module_targets)
+from tests.support import ROOT
 
 # every tensor name and shape of the released SUPIR-v0Q/v0F files (SUPIR's own parts), as the
 # official model definition builds them (copied from ../shared/supir/, where its README says how)
-TSV = Path(__file__).resolve().parent / "data" / "official_v0_keys.tsv"
+TSV = ROOT / "tests" / "data" / "official_v0_keys.tsv"
 
 NARROW_UNET = {**SDXL_UNET, "block_out_channels": [32, 64, 128], "attention_head_dim": [1, 2, 4],
                "cross_attention_dim": 32, "addition_time_embed_dim": 8,

@@ -25,7 +25,7 @@ from model.sampler import (
     sigma_to_t,
     step_timesteps,
 )
-from sampler_models import TinyEps, text
+from tests.support.sampler_models import TinyEps, text
 
 SHAPE = (2, 4, 12, 16)  # (B, C, h, w)
 SIGMA_MAX = float(discrete_sigmas()[-1])

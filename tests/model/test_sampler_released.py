@@ -13,8 +13,8 @@ from catalog.config import ConfigError, from_dict
 from model.sampler import (GuidedDenoiser, SamplerConfig, churn_gamma, discrete_sigmas, join_prompt, sample,
                            sampling_sigmas, seeded_generator, snap_sigma)
 from model.tiling import TilingConfig, core_boxes, tile_boxes, tiled_apply
-from sampler_models import TinyEps, text  # tests/ is on sys.path under pytest
 from stages.restore import RestoreConfig, Restorer
+from tests.support.sampler_models import TinyEps, text
 
 RELEASED = SamplerConfig(preset="released", num_steps=50)
 

@@ -10,7 +10,7 @@ from model.colorfix import adain_color_fix, color_fix, wavelet_color_fix
 from model.sampler import GuidedDenoiser, SamplerConfig, sample, sampling_sigmas, seeded_generator
 from model.tiling import TiledDenoiser, TilingConfig, gaussian_weights, tile_boxes, tile_starts, tiled_apply
 from catalog.config import ConfigError
-from sampler_models import TinyEps, text  # tests/ is on sys.path under pytest
+from tests.support.sampler_models import TinyEps, text
 
 CFG = SamplerConfig(num_steps=6)
 

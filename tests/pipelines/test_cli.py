@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
+
 ENTRY_POINTS = ["full", "ingest", "data", "evaluate", "train", "prior", "restore"]
 HEAVY = ("torch", "ray", "diffusers", "transformers", "mlflow", "pyiqa")
 # run a script the way `python pipelines/x.py --help` does, then report which heavy modules it imported
@@ -132,7 +133,7 @@ def test_plan_finds_restore_runs_in_their_partitions(tmp_path, capsys):
 def test_demo_metrics_are_all_computable_from_make_weights(tmp_path):
     """The demo asks only for metrics that `make weights` (seed) can give: none may end up n/a."""
     import torch
-    from iqa_weights import seeded_weights
+    from tests.support.iqa_weights import seeded_weights
 
     from evaluation.metrics import load_metric
     from pipelines.config import load_config

@@ -1,14 +1,12 @@
 """Typed run config: every YAML in configs/ loads; unknown keys and bad values fail early and clearly."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from catalog.config import ConfigError, from_dict, to_dict
 from pipelines.config import RunConfig, load_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)

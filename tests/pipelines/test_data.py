@@ -12,8 +12,8 @@ from PIL import Image
 
 from catalog import codec, layout
 from catalog.lake import Lake
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 

@@ -14,15 +14,14 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
 from model.checkpoint import PARTS, read_meta
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TSV = ROOT / "tests" / "data" / "official_v0_keys.tsv"  # the released key layout
 
 pytestmark = pytest.mark.slow

@@ -15,15 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import ROOT
+
 # the module's first test includes the whole demo (about 15 min on 2 cores): past the suite's 900 s
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(3600)]
 
-ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 300
 # what `make demo` runs (Makefile), and what `make demo ARGS=...` runs for the second README run
 DEMO = "python pipelines/full.py --config configs/demo.yaml"
 DEMO_RUN2 = DEMO + " restore.sampler.tau_r=0 tracking.run_name=no-restoration-guidance"
-# README commands run after the demo, verbatim (tests/test_readme.py checks that the README has no other)
+# README commands run after the demo, verbatim (tests/repo/test_readme.py checks that the README has no other)
 AFTER_DEMO = [
     "python pipelines/full.py --help",
     "python pipelines/full.py --config configs/demo.yaml --plan",

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from catalog.lake import _imports
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # (importer, imported): why the imported module is the importer's own helper, not shared library code
 STAGE_HELPERS = {

@@ -1,45 +1,45 @@
 """Every command the README prints is run by a test (or by `make demo`), or says why it cannot be.
 
 The commands are read from the README's ```bash blocks (continuation lines joined, trailing
-comments dropped); the ```python blocks are run by tests/test_demo_readme.py after the demo.
+comments dropped); the ```python blocks are run by tests/repo/test_demo_readme.py after the demo.
 """
 from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
+
 README = (ROOT / "README.md").read_text()
 
 # commands run by a named test, verbatim (the test file must contain the command's text)
 VERBATIM = {
     "python pipelines/train.py -c configs/sdxl.yaml --stage all":
-        "tests/test_cli.py::test_readme_sdxl_train_command_refuses_without_gpus",
+        "tests/pipelines/test_cli.py::test_readme_sdxl_train_command_refuses_without_gpus",
 }
 # commands a test runs in an equivalent form (what differs is said)
 EQUIVALENT = {
-    "export RAY_AUTH_MODE=token": "tests/test_pipeline_ingest.py::test_ray_job_submit (sets it for its ray start)",
-    "ray start --head --num-cpus 2": "tests/test_pipeline_ingest.py::test_ray_job_submit (on a free port)",
+    "export RAY_AUTH_MODE=token": "tests/pipelines/test_ingest.py::test_ray_job_submit (sets it for its ray start)",
+    "ray start --head --num-cpus 2": "tests/pipelines/test_ingest.py::test_ray_job_submit (on a free port)",
     "ray job submit --address http://127.0.0.1:8265 --working-dir . -- "
     "python pipelines/full.py --config configs/demo.yaml lake=$PWD/lake":
-        "tests/test_pipeline_ingest.py::test_ray_job_submit (its own ports, a scratch lake, crawl and filter only)",
-    "ray stop": "tests/test_pipeline_ingest.py::test_ray_job_submit (stops the cluster it started)",
+        "tests/pipelines/test_ingest.py::test_ray_job_submit (its own ports, a scratch lake, crawl and filter only)",
+    "ray stop": "tests/pipelines/test_ingest.py::test_ray_job_submit (stops the cluster it started)",
     "make test": ".ci/run (CI runs exactly `make test`)",
     "source .venv/bin/activate": "the tests run with the virtual environment's python",
     "python -m model.convert_official --supir SUPIR-v0Q.ckpt --sdxl /models/sd_xl_base_1.0_0.9vae.safetensors "
     "--out checkpoints/supir-v0Q [--register supir@official]":
-        "tests/test_sdxl_size.py::test_sdxl_size_convert_and_restore_on_cpu (a random file in the released layout, "
-        "the sdxl preset's random prior; --register: tests/test_convert_official.py)",
+        "tests/pipelines/test_restore_sdxl_size.py::test_sdxl_size_convert_and_restore_on_cpu (a random file in the released layout, "
+        "the sdxl preset's random prior; --register: tests/model/test_convert_official.py)",
     "python pipelines/restore.py --model checkpoints/supir-v0Q --input photos/ --output restored/ --sampler-preset "
     "released [--upscale 2] [--prior /models/sd_xl_base_1.0_0.9vae.safetensors]":
-        "tests/test_sdxl_size.py::test_sdxl_size_convert_and_restore_on_cpu (2 steps, --min-size 128, bf16 on CPU)",
+        "tests/pipelines/test_restore_sdxl_size.py::test_sdxl_size_convert_and_restore_on_cpu (2 steps, --min-size 128, bf16 on CPU)",
 }
 # commands no test can run here, and why
 NOT_RUN = {
     "mlflow ui --backend-store-uri sqlite:///$PWD/lake/mlflow.db":
         "a server that runs until stopped; test_demo_readme reads the store it serves",
-    "ray up ray_cluster.yaml": "needs an AWS account (tests/test_cluster.py validates the file against Ray's schema)",
+    "ray up ray_cluster.yaml": "needs an AWS account (tests/pipelines/test_cluster.py validates the file against Ray's schema)",
     "ray dashboard ray_cluster.yaml &": "needs the AWS cluster of `ray up`",
     "ray job submit --address http://127.0.0.1:8265 --working-dir . -- python pipelines/full.py --config "
     "configs/sdxl.yaml lake=s3://bucket/lake tracking.uri=http://<head IP>:5000": "needs the GPU cluster of `ray up`",
@@ -78,7 +78,7 @@ def test_readme_commands_are_parsed():
 
 
 def test_every_readme_command_is_run_by_a_test():
-    from tests.test_demo_readme import AFTER_DEMO, DEMO, DEMO_RUN2, SQL_COMPARE
+    from tests.repo.test_demo_readme import AFTER_DEMO, DEMO, DEMO_RUN2, SQL_COMPARE
 
     make = (ROOT / "Makefile").read_text()
     assert "\t$(PY) pipelines/full.py --config configs/demo.yaml $(ARGS)" in make  # what `make demo` runs

@@ -26,7 +26,7 @@ from stages.crawl import (
     read_sources,
     sniff_format,
 )
-from tests.http_faults import (
+from tests.support.http_faults import (
     FaultServer,
     drip,
     huge_png,

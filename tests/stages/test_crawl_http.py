@@ -1,5 +1,5 @@
 """The crawler's manners: X-Robots-Tag opt-outs (img2dataset's defaults), a User-Agent naming the
-project, Retry-After on 429/503 with jittered backoff. A loopback server (tests/http_faults.py)."""
+project, Retry-After on 429/503 with jittered backoff. A loopback server (tests/support/http_faults.py)."""
 from __future__ import annotations
 
 import time
@@ -13,7 +13,7 @@ from catalog.schemas import IMAGE_STATUSES
 from stages import crawl_http
 from stages.crawl import CrawlConfig, Fetcher
 from stages.crawl_http import HttpClient, opted_out, retry_after
-from tests.http_faults import FaultServer, respond, sequence
+from tests.support.http_faults import FaultServer, respond, sequence
 
 UA = CrawlConfig().user_agent
 

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from prior_fixtures import sample_images, torch_threads, trained_prior
 
 from catalog.config import ConfigError, from_dict
 from model.config import ModelConfig
@@ -16,6 +15,7 @@ from model.supir import build_model
 from stages.prior_train import lr_at, train_prior
 from stages.prior_train_config import PriorTrainConfig
 from stages.prior_train_data import CropSampler, grid_crops, recolor, split_holdout
+from tests.support.prior_fixtures import sample_images, torch_threads, trained_prior
 
 # TEST_PRIOR is a smoke-sized stage 0 (200 VAE steps at 32 px): on the 8 sample photos it measured
 # about 16-17 dB held-out PSNR (from 9.7 dB at init). The demo's defaults (2000 steps at 64 px) go

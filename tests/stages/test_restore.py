@@ -145,7 +145,7 @@ def test_pairs_restore_to_their_hq_size(tiny_model):
 
 def test_untrusted_inputs_get_statuses_and_notes(tiny_model):
     """A 100 MP header is too_large before decoding; 16-bit grey and RGBA are restored with a note."""
-    from tests.http_faults import huge_png
+    from tests.support.http_faults import huge_png
 
     a16 = (np.arange(32 * 40, dtype=np.uint32).reshape(32, 40) * 50).astype(np.uint16)
     rgba = np.concatenate([np.asarray(Image.open(io.BytesIO(photo(6)))), np.full((32, 40, 1), 100, np.uint8)], -1)

@@ -60,7 +60,7 @@ def _run(rows, root, strategy, steps=4, resume_from=None):
 
 
 def test_fsdp_matches_ddp_and_resumes(tmp_path):
-    from train_helpers import make_pairs, sample_photos
+    from tests.support.train_helpers import make_pairs, sample_photos
 
     rows = make_pairs(sample_photos()[:4], gt_size=64).to_pylist()
     ddp = _run(rows, tmp_path / "ddp", "ddp")

@@ -20,10 +20,11 @@ import torch
 from evaluation.stage1 import pair_tensors, stage1_scores
 from model.config import ModelConfig
 from stages.train import LocalSession, load_parts, train_loop
-from train_helpers import make_pairs, sample_photos
+from tests.support import ROOT
+from tests.support.train_helpers import make_pairs, sample_photos
 
 pytestmark = pytest.mark.slow
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+DEMO = ROOT / "configs" / "demo.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import torch
 from model.config import ModelConfig
 from stages.prior_train import read_stage0, train_prior
 from stages.prior_train_config import PriorTrainConfig
+from tests.support import SAMPLES
 
 # Small enough for the CPU test budget (crop 32: latents 4x4), large enough to learn something.
 TEST_PRIOR = PriorTrainConfig(vae_steps=200, unet_steps=100, crop_size=32, batch_size=8, vae_lr=5e-3, unet_lr=1e-3,
@@ -20,9 +21,6 @@ TEST_PRIOR = PriorTrainConfig(vae_steps=200, unet_steps=100, crop_size=32, batch
 
 def sample_images(paths) -> tuple[list[bytes], list[str]]:
     return [p.read_bytes() for p in paths], [f"a photo, {p.stem.split('_by_')[0].lower()}" for p in paths]
-
-
-SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 
 
 def trained_prior(paths: tuple[Path, ...] | None = None) -> tuple[Path, dict, float]:

@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
 
 
 def make_pairs(paths: Sequence[Path], gt_size: Optional[int] = None, scale: Optional[int] = None, variants: int = 1,
