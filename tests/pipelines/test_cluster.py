@@ -5,17 +5,15 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-
-from ray_procs import free_port, stop_own_ray
 
 import numpy as np
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-RAY = [sys.executable, "-m", "ray.scripts.scripts"]
+from tests.support import ROOT
+from tests.support.ray_procs import RAY, ray_head
+
 
 
 def test_ray_cluster_yaml_passes_rays_schema():
@@ -66,24 +64,17 @@ def two_nodes():
     """
     import secrets
 
-    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's unix sockets live under it
-    port, dash = free_port(), free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
                HF_HUB_OFFLINE="1")
-    common = ["--disable-usage-stats"]
-    try:
-        subprocess.run(RAY + ["start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=1",
-                              "--include-dashboard=false", f"--temp-dir={temp_dir}"] + common,
-                       check=True, env=env, capture_output=True, text=True, timeout=240)
-        subprocess.run(RAY + ["start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
-                              "--resources={\"pinned\": 1}"] + common,
-                       check=True, env=env, capture_output=True, text=True, timeout=240)
-        yield f"127.0.0.1:{port}", env
-    except subprocess.CalledProcessError as e:
-        pytest.fail(f"ray start failed: {e.stderr[-2000:]}")
-    finally:
-        stop_own_ray(temp_dir)
+    with ray_head(env, num_cpus=1, dashboard=False, prefix="rt") as head:
+        try:
+            subprocess.run(RAY + ["start", f"--address={head.address}", "--num-cpus=1",
+                                  "--resources={\"pinned\": 1}", "--disable-usage-stats"],
+                           check=True, env=env, capture_output=True, text=True, timeout=240)
+        except subprocess.CalledProcessError as e:
+            pytest.fail(f"ray start failed: {e.stderr[-2000:]}")
+        yield head.address, env
 
 
 class PinnedEvaluator:
@@ -144,7 +135,7 @@ def test_stage_pinned_to_a_custom_resource_runs_on_that_node(two_nodes, tmp_path
     lake = Lake(str(tmp_path / "lake"))
     markers = tmp_path / "nodes"
     markers.mkdir()
-    code = f"import test_cluster; test_cluster.drive({address!r}, {lake.root!r}, {str(markers)!r})"
+    code = f"from tests.pipelines import test_cluster; test_cluster.drive({address!r}, {lake.root!r}, {str(markers)!r})"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

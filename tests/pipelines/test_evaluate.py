@@ -16,24 +16,12 @@ from catalog.tracking import Tracker, TrackingConfig
 from evaluation.baselines import BaselineConfig
 from evaluation.metrics import EvalConfig
 from evaluation.report import TABLE1_SQL, table1
-from iqa_weights import demo_pairs, has_niqe, seeded_weights
+from tests.support.iqa_weights import demo_pairs, has_niqe, seeded_weights
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 N_PAIRS = 3
 METRICS = ["psnry", "ssim", "stlpips", "niqe", "lpips"]  # lpips: no weights offline -> unavailable
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    from pipelines.common import init_ray
-    from pipelines.config import RayConfig
-
-    init_ray(RayConfig(num_cpus=2, progress_bars=False))  # a new local cluster, as the pipeline starts it
-    yield
-    ray.shutdown()
 
 
 def supir_standin(lq: bytes, size) -> bytes:
@@ -83,7 +71,7 @@ def test_baselines_then_evaluate(ctx, ray_local):
     assert set(rows["degradation"].to_pylist()) == {"realesrgan x4"}
 
     # Real-ESRGAN beats bicubic on ST-LPIPS (lower is better); NIQE needs demo-size 512-pixel
-    # crops to mean anything (tests/test_realesrgan.py checks both there)
+    # crops to mean anything (tests/evaluation/test_realesrgan.py checks both there)
     df = table1(rows)
     mean = {(r.method, r.metric): r.mean for r in df.itertuples() if r.status == "ok"}
     print("\n" + df.to_string())

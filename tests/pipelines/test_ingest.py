@@ -12,20 +12,11 @@ import pytest
 import yaml
 
 from catalog.lake import Lake
-from ray_procs import free_port, stop_own_ray
-from tests.http_faults import FaultServer, respond, slow
+from tests.support.ray_procs import job_env, ray_head, stop_own_ray
+from tests.support.http_faults import FaultServer, respond, slow
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-def _env(tmp_path):
-    # the venv's python first on PATH: `ray job submit -- python ...` runs the job's `python`
-    path = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", RAY_DEDUP_LOGS="0", PATH=path)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
-    return env
 
 
 def _write_config(tmp_path, **sections):
@@ -37,7 +28,7 @@ def _write_config(tmp_path, **sections):
 
 
 def _run(cmd, tmp_path, timeout=300):
-    r = subprocess.run(cmd, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(cmd, cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     return r
 
@@ -61,7 +52,7 @@ def test_demo_crawl_filter_then_cache(tmp_path):
     assert lake.manifest("filtered") == m1
     # SQL over the lake and MLflow
     q = subprocess.run([sys.executable, "-m", "catalog.sql", "--lake", str(tmp_path / "lake"), "--csv", "--query", "status_counts"],
-                       cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+                       cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=120)
     assert q.returncode == 0, q.stderr
     assert "crawl,ok," in q.stdout
     # a part of `images` lost: the rerun notices, sets nothing else aside, refetches only its rows
@@ -88,7 +79,7 @@ def test_crawl_killed_half_way_resumes_without_refetching(tmp_path, photos):
         )
         cmd = [sys.executable, "pipelines/full.py", "--config", str(cfg)]
         ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")  # short: Ray's unix sockets live under it
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(_env(tmp_path), RAY_TMPDIR=ray_tmp),
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(job_env(), RAY_TMPDIR=ray_tmp),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         parts = tmp_path / "lake" / "images"
         deadline = time.time() + 180
@@ -113,19 +104,12 @@ def test_crawl_killed_half_way_resumes_without_refetching(tmp_path, photos):
 def test_ray_job_submit(tmp_path):
     """`ray start --head` then `ray job submit --working-dir . -- python pipelines/full.py`."""
     ray = str(Path(sys.executable).parent / "ray")
-    port, dash = free_port(), free_port()
     # Ray >= 2.5x starts local clusters with token authentication; the job CLI sends the token
     # from ~/.ray/auth_token only in token mode
-    env = dict(_env(tmp_path), RAY_AUTH_MODE="token")
-    ray_tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")
-    start = subprocess.run([ray, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
-                            f"--temp-dir={ray_tmp}",
-                            "--include-dashboard=true", "--disable-usage-stats"],
-                           env=env, capture_output=True, text=True, timeout=180)
-    assert start.returncode == 0, start.stderr[-3000:]
-    try:
+    env = dict(job_env(), RAY_AUTH_MODE="token")
+    with ray_head(env, num_cpus=2, prefix="rj") as head:
         r = subprocess.run(
-            [ray, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ".", "--",
+            [ray, "job", "submit", "--address", head.dashboard, "--working-dir", ".", "--",
              "python", "pipelines/full.py", "--config", "configs/demo.yaml", f"lake={tmp_path / 'lake'}",
              "ray.progress_bars=false", "stages=[crawl, filter]"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
@@ -135,5 +119,3 @@ def test_ray_job_submit(tmp_path):
         lake = Lake(tmp_path / "lake")
         assert lake.status_counts("images") == {"ok": len(list((ROOT / "data/samples").glob("*.jpg")))}
         assert lake.manifest("filtered") is not None
-    finally:
-        stop_own_ray(ray_tmp)

@@ -7,19 +7,17 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from ray_procs import free_port, stop_own_ray
-from test_pipeline_ingest import _env
+from tests.support.ray_procs import free_port, job_env, ray_head
+
+from tests.support import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
@@ -54,17 +52,11 @@ def mlflow_server(tmp_path):
 def test_pipeline_job_logs_to_a_tracking_server(mlflow_server, tmp_path):
     uri, artifacts = mlflow_server
     ray = str(Path(sys.executable).parent / "ray")
-    port, dash = free_port(), free_port()
-    env = dict(_env(tmp_path), RAY_AUTH_MODE="token")
-    ray_tmp = tempfile.mkdtemp(prefix="rm", dir="/tmp")
-    start = subprocess.run([ray, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
-                            f"--temp-dir={ray_tmp}", "--include-dashboard=true", "--disable-usage-stats"],
-                           env=env, capture_output=True, text=True, timeout=180)
-    assert start.returncode == 0, start.stderr[-3000:]
-    try:
+    env = dict(job_env(), RAY_AUTH_MODE="token")
+    with ray_head(env, num_cpus=2, prefix="rm") as head:
         for _ in range(24):  # the head's job agent may need minutes to register on a loaded machine
             r = subprocess.run(
-                [ray, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ".", "--",
+                [ray, "job", "submit", "--address", head.dashboard, "--working-dir", ".", "--",
                  "python", "pipelines/full.py", "--config", "configs/demo.yaml", f"lake={tmp_path / 'lake'}",
                  f"tracking.uri={uri}", "tracking.run_name=via-server", "stages=[crawl, filter]"],
                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -72,8 +64,6 @@ def test_pipeline_job_logs_to_a_tracking_server(mlflow_server, tmp_path):
                 break
             time.sleep(10)
         assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
-    finally:
-        stop_own_ray(ray_tmp)
 
     from mlflow import MlflowClient
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from train_helpers import make_lake, sample_photos
+from tests.support.train_helpers import make_lake, sample_photos
+from tests.support import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-ROOT = Path(__file__).resolve().parents[1]
 # Same settings for the reference run and the killed one (the run name differs, nothing else).
 ENCODER = {"steps": 24, "batch_size": 2, "lr": 2e-3, "crop_size": 64, "num_workers": 2, "checkpoint_every": 8,
            "cpus_per_worker": 0.5, "progress": False, "seed": 3}
@@ -27,32 +27,22 @@ ADAPTOR = {"steps": 12, "batch_size": 2, "lr": 2e-3, "crop_size": 64, "num_worke
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    """A local 2-CPU Ray cluster, a lake with 4 real degraded pairs (64 px HQ), a tracker."""
-    import ray
-
+def ctx(tmp_path_factory, ray_local):
+    """The local 2-CPU Ray cluster of ray_local, a lake with 4 real degraded pairs (64 px HQ), a tracker."""
     from catalog.config import from_dict
     from catalog.tracking import Tracker
-    from pipelines.common import Context, init_ray
-    from pipelines.config import RayConfig
+    from pipelines.common import Context
     from pipelines.train import TrainRunConfig
     from stages.train import TrainSection
 
     root = tmp_path_factory.mktemp("train")
     lake = make_lake(root / "lake", sample_photos()[:4], gt_size=64)
-    # workers of jobs that join this cluster later (the killed CLI run) import the checkout too
-    os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
-    ray_cfg = RayConfig(num_cpus=2, progress_bars=False)
-    # address="local": a cluster of our own even when another one runs on this machine
-    ray.init(address="local", num_cpus=2, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"], "HF_HUB_OFFLINE": "1"}})
-    init_ray(ray_cfg)
+    ray_cfg = ray_local
     section = from_dict(TrainSection, {"name": "ref", "encoder": ENCODER, "adaptor": ADAPTOR}, prefix="train")
     cfg = TrainRunConfig(lake=str(root / "lake"), ray=ray_cfg, train=section)
     tracker = Tracker(cfg.tracking, cfg.lake)
     with tracker.pipeline("train-tests", {}):
         yield Context(cfg, lake, tracker)
-    ray.shutdown()
 
 
 def losses(tracker, run_id: str) -> dict[int, float]:

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from prior_fixtures import torch_threads, trained_prior
 
 from catalog.config import ConfigError
 from catalog.lake import conform
@@ -20,6 +19,7 @@ from stages.degrade import regenerate
 from stages.negatives import KIND, NegativeMaker, NegativesConfig, sdedit, sdedit_start
 from model.sampler import NEGATIVE_QUALITY_PROMPT
 from stages.split import SplitConfig
+from tests.support.prior_fixtures import torch_threads, trained_prior
 
 CROP = 64
 
@@ -152,17 +152,16 @@ def test_images_source_and_same_lq(prior, photos):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_pipeline_prior_and_negatives(tmp_path, photos):
+def test_pipeline_prior_and_negatives(tmp_path, photos, request):
     import pyarrow as pa
     import pyarrow.compute as pc
-    import ray
     from mlflow import MlflowClient
 
     from catalog.lake import Lake
     from catalog.schemas import image_id_of
     from catalog.tracking import Tracker, TrackingConfig
     from model.config import ModelConfig
-    from pipelines.common import Context, init_ray
+    from pipelines.common import Context
     from pipelines.config import RayConfig
     from pipelines.prior import PriorRunConfig, run_negatives, run_prior
     from stages.degrade import DegradeConfig, Degrader
@@ -195,16 +194,13 @@ def test_pipeline_prior_and_negatives(tmp_path, photos):
         assert prior.startswith(str(tmp_path / "lake" / "priors" / "tiny-"))
         stamp = (Path(prior) / "stage0.json").stat().st_mtime_ns
         assert read_stage0(prior)["images"] == {"train": 1, "heldout": 1, "undecodable": 1}
-    init_ray(cfg.ray)
-    try:
-        with tracker.pipeline("prior-test", {}):
-            assert run_prior(ctx) == prior and (Path(prior) / "stage0.json").stat().st_mtime_ns == stamp  # cached
-            counts = run_negatives(ctx, prior)
-            assert counts == {"ok": 2, "decode_error": 1}
-            assert run_negatives(ctx, prior) == counts  # cached: manifest of pairs/negative
-            assert lake.manifest("pairs/negative")["spec"]["stage"] == "negatives"
-    finally:
-        ray.shutdown()
+    request.getfixturevalue("ray_local")  # Ray from here on (shut down after the module)
+    with tracker.pipeline("prior-test", {}):
+        assert run_prior(ctx) == prior and (Path(prior) / "stage0.json").stat().st_mtime_ns == stamp  # cached
+        counts = run_negatives(ctx, prior)
+        assert counts == {"ok": 2, "decode_error": 1}
+        assert run_negatives(ctx, prior) == counts  # cached: manifest of pairs/negative
+        assert lake.manifest("pairs/negative")["spec"]["stage"] == "negatives"
     pairs = lake.read("pairs", columns=["kind", "status", "caption"])
     assert sorted(pairs.column("kind").to_pylist()) == ["degraded", "degraded", "negative", "negative", "negative"]
     neg = pairs.filter(pc.equal(pairs.column("kind"), "negative"))
