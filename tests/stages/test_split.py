@@ -18,7 +18,6 @@ from catalog.lake import Lake
 from catalog.tracking import Tracker, TrackingConfig
 from stages.split import HELDOUT, TRAIN, SplitConfig, assign_split, draw
 
-ROOT_DIR = Path(__file__).resolve().parents[1]
 
 
 def ids(n: int, salt: str = "") -> list[str]:
@@ -180,28 +179,3 @@ def test_pass_through_rows_are_the_vae_round_trips():
         assert np.abs(got - want).max() <= 1.0  # rounding to uint8 only
         outs[mode] = got
     assert np.abs(outs["vae"] - outs["stage1"]).mean() > 0.5
-
-
-def test_bench_quality_means_and_seed_spread(tmp_path):
-    import importlib.util
-
-    from catalog.lake import conform
-
-    spec = importlib.util.spec_from_file_location("bench_quality", ROOT_DIR / "bench" / "quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    lake = Lake(str(tmp_path / "lake"))
-    rows = []
-    for run, offset in (("s0", 0.0), ("s1", 1.0), ("s2", 2.0)):  # three seeds of "supir"
-        for p, v in (("p0", 10.0), ("p1", 12.0)):
-            rows.append(dict(pair_id=p, run_id=run, method="supir", degradation="d", split="heldout",
-                             metric="psnry", value=v + offset, status="ok"))
-    rows.append(dict(pair_id="p0", run_id="b", method="bicubic", degradation="d", split="heldout",
-                     metric="psnry", value=20.0, status="ok"))
-    rows.append(dict(pair_id="p0", run_id="b", method="bicubic", degradation="d", split="heldout",
-                     metric="musiq", value=None, status="unavailable"))
-    lake.write_part("metrics", conform("metrics", pa.Table.from_pylist(rows)))
-    got = {r["method"]: r for r in mod.quality(lake, "heldout")}
-    assert got["supir"] == {"method": "supir", "split": "heldout", "runs": 3, "pairs": 2, "psnry": 12.0,
-                            "psnry_seed_sd": 1.0, "psnry_seed_range": 2.0}
-    assert got["bicubic"] == {"method": "bicubic", "split": "heldout", "runs": 1, "pairs": 1, "psnry": 20.0}

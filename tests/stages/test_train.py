@@ -16,7 +16,7 @@ from catalog.config import ConfigError, from_dict
 from model.config import ModelConfig
 from stages.train import LocalSession, TrainConfig, TrainSection, train_loop
 from stages.train_data import TrainExamples, decode, join_captions, shard_rows
-from train_helpers import make_pairs, sample_photos
+from tests.support.train_helpers import make_pairs, sample_photos
 
 TINY = ModelConfig(preset="tiny")
 
@@ -173,23 +173,3 @@ def test_registered_model_loads_by_name_and_alias(rows, tmp_path, monkeypatch):
 
     with pytest.raises(MlflowException, match="nosuchalias"):
         resolve_model_path("models:/supir@nosuchalias", tracker.uri)
-
-
-@pytest.mark.slow
-def test_stage1_benchmark_holds_photos_out_of_both_stages_and_scores_every_checkpoint(tmp_path):
-    """bench/stage1.py at a toy budget: the held-out photos are the last ones and train neither
-    stage; every checkpoint is scored on held-out and training pairs."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_stage1", Path(__file__).resolve().parents[1] / "bench" / "stage1.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    out = bench.main(["--vae-steps", "10", "--steps", "2", "--eval-every", "1", "--holdout", "2",
-                      "--held-variants", "1", "--threads", "1", "--out", str(tmp_path)])
-    names = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "data" / "samples").glob("*.jpg"))
-    assert out["photos"]["held_out"] == names[-2:] and out["photos"]["train"] == names[:-2]
-    assert out["stage0"]["vae_steps"] == 10 and out["stage1"]["train_pairs"] == 2 * len(names[:-2])
-    held = out["scores"]["held_out"]
-    assert set(held) == {"init", "1", "2", "summary"} and held["summary"]["pairs"] == 2
-    assert all(np.isfinite(v) for s in ("init", "1", "2") for v in held[s].values())
-    assert held["1"]["bicubic"] == held["init"]["bicubic"]  # the baseline does not depend on E_dr
