@@ -13,16 +13,14 @@ from PIL import Image
 from catalog import codec, layout
 from catalog.lake import Lake
 from tests.support import ROOT
+from tests.support.ray_procs import job_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
     r = subprocess.run([sys.executable, "pipelines/full.py", "--config", "configs/demo.yaml", *args], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=900)
+                       env=job_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     return r
 
