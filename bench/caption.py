@@ -1,6 +1,6 @@
 """Caption throughput: images/s and generated tokens/s at batch 1 vs batch 8 (JSON on stdout).
 
-Builds tiny random-init LLaVAs (tests/tiny_llava.py) in a temporary folder, loads them through
+Builds tiny random-init LLaVAs (model/tiny_llava.py) in a temporary folder, loads them through
 the same path as a real model, and captions the sample photos with a fixed caption length
 (min_new_tokens = max_new_tokens), so every configuration does the same amount of work.
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 from catalog.schemas import image_id_of
 from stages.caption import CaptionConfig, Captioner

@@ -1,6 +1,7 @@
 """Everything that needs a CUDA GPU, in one run: prints one JSON line (no assertions).
 
     python bench/gpu.py [--skip restore train caption] [--restore-steps 50] [--train-steps 5]
+    python bench/gpu.py --device cpu --tiny     # the same code at toy sizes: checks it runs, measures nothing
 
 With random weights (nothing downloaded), sized to finish in under 8 minutes on one H100-class GPU:
 
@@ -17,8 +18,9 @@ With random weights (nothing downloaded), sized to finish in under 8 minutes on 
   and loaded through the same path as a real checkpoint) captioning photos with a fixed caption
   length: images/s at batch 1 and 16 (bench/caption.py's ``run``).
 
-Without CUDA it prints ``{"bench": "gpu", "skipped": ...}`` and exits 0. The CPU benches stay in
-bench/restore.py, bench/train.py and bench/caption.py.
+Without CUDA it prints ``{"bench": "gpu", "skipped": ...}`` and exits 0. Both lines carry
+``restore_settings``, the sampler settings and sizes the restore part measures. The CPU benches stay
+in bench/restore.py, bench/train.py and bench/caption.py; tests/bench/test_gpu.py runs this script.
 """
 from __future__ import annotations
 
@@ -31,42 +33,15 @@ import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-# Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from the vendors' data sheets, by name fragment.
-PEAK_BF16 = {"H200": 989.4e12, "H100 PCIe": 756.0e12, "H100": 989.4e12, "GH200": 989.4e12, "A100": 312.0e12,
-             "L40S": 362.1e12, "L4": 121.0e12, "A10G": 70.0e12, "RTX 4090": 165.2e12, "B200": 2250.0e12}
-
-
-def peak_bf16_flops(device_name: str) -> Optional[float]:
-    """The GPU's dense bf16 peak, matched by the longest name fragment; None when unknown."""
-    hits = [k for k in PEAK_BF16 if k.lower() in device_name.lower()]
-    return PEAK_BF16[max(hits, key=len)] if hits else None
-
-
-def mfu(flops_per_step: float, seconds_per_step: float, peak: Optional[float]) -> Optional[float]:
-    """Model FLOPs utilisation: achieved FLOP/s over the peak (None without a known peak)."""
-    if not peak or seconds_per_step <= 0:
-        return None
-    return flops_per_step / seconds_per_step / peak
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call of ``fn`` (matmuls, convolutions, attention; forward and backward), by
-    torch.utils.flop_counter.FlopCounterMode."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return int(counter.get_total_flops())
+from model.flops import count_flops, mfu, peak_bf16_flops  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,8 +56,23 @@ def restore_config(dtype: str, steps: int, size: int = 1024, device: str = "cuda
                          sampler=SamplerConfig(preset="released", num_steps=steps))
 
 
+RESTORE_DTYPES = ("bfloat16", "float16")
+
+
+def restore_settings(steps: int, size: int = 1024) -> dict:
+    """What the restore part runs: the sampler's resolved settings, dtypes, and the latent against one tile."""
+    from model.restoration import working_size
+
+    cfg = restore_config(RESTORE_DTYPES[0], steps, size)
+    _, (w, h) = working_size(size, size, 1, cfg.min_size)
+    return {"size": size, "dtypes": list(RESTORE_DTYPES), "min_size": cfg.min_size, "latent": [w // 8, h // 8],
+            "tile_size": cfg.tiling.tile_size, "tiled_vae": cfg.tiling.tiled_vae,
+            "sampler": {k: getattr(cfg.sampler, k)
+                        for k in ("preset", "num_steps", "sigma_snap", "tau_r", "s_noise", "size_conditioning")}}
+
+
 def bench_restore(steps: int, size: int = 1024, preset: str = "sdxl", device: str = "cuda",
-                  dtypes: tuple[str, ...] = ("bfloat16", "float16")) -> dict:
+                  dtypes: tuple[str, ...] = RESTORE_DTYPES) -> dict:
     from bench.restore import test_image
     from model.config import ModelConfig
     from model.supir import build_model, parameter_counts
@@ -177,31 +167,17 @@ def bench_train(preset: str = "sdxl_trimmed", crop: int = 512, batch_size: int =
 # ---------------------------------------------------------------------------------------------
 # caption
 
-def llava_7b_config(vocab_size: int = 32064, image_token_index: int = 32000):
-    """LlavaConfig of llava-hf/llava-1.5-7b-hf's shape: CLIP ViT-L/14 at 336 px (24 layers, 1024
-    wide), a 2-layer GELU projector, Llama-7B (32 layers, 4096 wide, 11008 MLP, 32 heads)."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-
-    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                              image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
-    text = LlamaConfig(vocab_size=vocab_size, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
-                       rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token_index,
-                       image_seq_length=576, vision_feature_layer=-2, vision_feature_select_strategy="default",
-                       projector_hidden_act="gelu")
-
-
-def write_llava_7b(folder: Path, device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> Path:
+def write_llava_7b(folder: Path, device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
+                   narrow: bool = False) -> Path:
     """A random LLaVA-1.5-7B-shaped checkpoint: the offline tokenizer of model/tiny_llava.py, a
     336 px processor, random weights built on ``device`` in ``dtype``; loads like a hub folder."""
     from transformers import CLIPImageProcessor, GenerationConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    from model.tiny_llava import CHAT_TEMPLATE, build_tokenizer
+    from model.tiny_llava import CHAT_TEMPLATE, build_tokenizer, llava_7b_config
 
     tokenizer = build_tokenizer()
     image_token = tokenizer.convert_tokens_to_ids("<image>")
-    config = llava_7b_config(image_token_index=image_token)
+    config = llava_7b_config(image_token_index=image_token, narrow=narrow)
     config.text_config.update({"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
                                "pad_token_id": tokenizer.pad_token_id})
     old = torch.get_default_dtype()
@@ -228,7 +204,8 @@ def write_llava_7b(folder: Path, device: str = "cuda", dtype: torch.dtype = torc
     return folder
 
 
-def bench_caption(batch_sizes: tuple[int, ...] = (1, 16), tokens: int = 32, device: str = "cuda") -> dict:
+def bench_caption(batch_sizes: tuple[int, ...] = (1, 16), tokens: int = 32, device: str = "cuda",
+                  narrow: bool = False) -> dict:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_caption", ROOT / "bench" / "caption.py")
@@ -237,12 +214,12 @@ def bench_caption(batch_sizes: tuple[int, ...] = (1, 16), tokens: int = 32, devi
     args = SimpleNamespace(device=device, dtype="auto", mode="sample", tokens=tokens)
     with tempfile.TemporaryDirectory(prefix="llava-7b-random-") as tmp:
         t0 = time.perf_counter()
-        folder = write_llava_7b(Path(tmp), device=device)
+        folder = write_llava_7b(Path(tmp), device=device, narrow=narrow)
         if device == "cuda":
             torch.cuda.empty_cache()
         build_s = time.perf_counter() - t0
         runs = [caption.run(str(folder), b, caption.photo_bytes(max(8, 2 * b)), args) for b in batch_sizes]
-    return {"model": "llava-1.5-7b-shaped (random)", "new_tokens_per_caption": tokens,
+    return {"model": f"llava-1.5-7b-shaped{' (narrow)' if narrow else ''} (random)", "new_tokens_per_caption": tokens,
             "build_and_save_s": round(build_s, 1), "runs": runs}
 
 
@@ -252,16 +229,31 @@ def main(argv=None) -> int:
     ap.add_argument("--restore-steps", type=int, default=50)
     ap.add_argument("--train-steps", type=int, default=5)
     ap.add_argument("--caption-tokens", type=int, default=32)
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: only with --tiny")
+    ap.add_argument("--tiny", action="store_true",
+                    help="toy sizes (the tiny preset at 64 px, 2 restore steps, 1 train step, a narrow LLaVA, "
+                         "4 tokens at batch 1 and 2): checks that every part runs, measures nothing")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print(json.dumps({"bench": "gpu", "skipped": "no CUDA device: this benchmark needs a GPU"}))
+    if args.device == "cpu" and not args.tiny:
+        ap.error("--device cpu: only with --tiny (the full sizes need a GPU's memory and speed)")
+    settings = {} if args.tiny else {"restore_settings": restore_settings(args.restore_steps)}
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print(json.dumps({"bench": "gpu", "skipped": "no CUDA device: this benchmark needs a GPU", **settings}))
         return 0
-    torch.backends.cuda.matmul.allow_tf32 = True
-    result: dict = {"bench": "gpu", "device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    cuda = args.device == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    result: dict = {"bench": "gpu", "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+                    "torch": torch.__version__, "tiny": args.tiny, **settings}
     t0 = time.perf_counter()
-    for name, fn in (("restore", lambda: bench_restore(args.restore_steps)),
-                     ("train", lambda: bench_train(steps=args.train_steps)),
-                     ("caption", lambda: bench_caption(tokens=args.caption_tokens))):
+    dev = args.device
+    parts = (("restore", lambda: bench_restore(2, size=64, preset="tiny", device=dev, dtypes=("float32",))),
+             ("train", lambda: bench_train(preset="tiny", crop=64, steps=1, device=dev)),
+             ("caption", lambda: bench_caption(batch_sizes=(1, 2), tokens=4, device=dev, narrow=True))) if args.tiny \
+        else (("restore", lambda: bench_restore(args.restore_steps)),
+              ("train", lambda: bench_train(steps=args.train_steps)),
+              ("caption", lambda: bench_caption(tokens=args.caption_tokens)))
+    for name, fn in parts:
         if name in args.skip:
             continue
         t = time.perf_counter()
@@ -270,7 +262,8 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001 - one failing part still reports the others
             result[name] = {"error": f"{type(e).__name__}: {e}"}
         result[name]["wall_s"] = round(time.perf_counter() - t, 1)
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(result))
     return 0

@@ -28,7 +28,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -69,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     from pipelines.config import load_config
     from stages.prior_train import read_stage0, train_prior
     from stages.train import LocalSession, load_parts, train_loop
-    from train_helpers import make_pairs
+    from tests.support.train_helpers import make_pairs
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.set)

@@ -22,7 +22,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -37,7 +36,7 @@ def cpu_throughput(stages, workers, steps: int, crop: int, batch_size: int) -> l
     from pipelines.config import RayConfig
     from pipelines.train import TrainRunConfig, run_train
     from stages.train import TrainSection
-    from train_helpers import make_lake, sample_photos
+    from tests.support.train_helpers import make_lake, sample_photos
 
     root = Path(tempfile.mkdtemp(prefix="supir-bench-train-"))
     lake = make_lake(root / "lake", sample_photos(), gt_size=max(crop, 64))

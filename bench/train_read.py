@@ -3,7 +3,7 @@
     python bench/train_read.py                         # 8 photos x 4 variants, 256 px, parts of 4 rows
     python bench/train_read.py --variants 8 --gt-size 512 --part-rows 8 --workers 1 2 4 8
 
-Bytes are counted at the file handles Parquet reads through (tests/read_counter.py), on a lake of
+Bytes are counted at the file handles Parquet reads through (tests/support/read_counter.py), on a lake of
 real degraded pairs (the degrade stage, PNG bytes). ``before``: every worker read every part, the
 columns it trains on (Ray Data's read_parquet of the whole table, then a hash share). ``after``:
 pipelines/train.py TrainShares, each rank reading the row groups of its share; ``plan``: what the
@@ -21,13 +21,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def build_lake(root: Path, variants: int, gt_size: int, part_rows: int):
     from catalog.lake import Lake
-    from train_helpers import make_pairs, sample_photos
+    from tests.support.train_helpers import make_pairs, sample_photos
 
     rows = make_pairs(sample_photos(), gt_size=gt_size, variants=variants).sort_by("pair_id")
     lake = Lake(str(root))
@@ -40,7 +39,7 @@ def measure(lake, workers: list[int]) -> dict:
     import pyarrow.parquet as pq
 
     from pipelines.train import PAIR_COLUMNS, _OkWithCaptions, train_shares
-    from read_counter import ReadCounter
+    from tests.support.read_counter import ReadCounter
     from stages.train_shards import eligible_groups
 
     files = lake.files("pairs")

@@ -5,7 +5,7 @@
     layout.partition(layout.RESTORATIONS, run_id)   # "restorations/<run_id>"
 
 Every other module (stages/, pipelines/, evaluation/) uses these names instead of string
-literals; tests/test_layout.py reads their source and fails on a literal used as a lake path.
+literals; tests/catalog/test_layout.py reads their source and fails on a literal used as a lake path.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 HQ crop, next to bicubic upscaling of x_LQ and to the decoder's own ceiling D(E(x_GT)), which is
 stage 1's training target (DESIGN section 5). PSNR in dB over images in [-1, 1].
 
-Used by tests/test_train_psnr.py (the demo's budget) and bench/stage1.py (any photos, any budget).
+Used by tests/stages/test_train_psnr.py (the demo's budget) and bench/stage1.py (any photos, any budget).
 """
 from __future__ import annotations
 

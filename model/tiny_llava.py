@@ -91,6 +91,26 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     )
 
 
+def llava_7b_config(vocab_size: int = 32064, image_token_index: int = 32000, narrow: bool = False):
+    """LlavaConfig of llava-hf/llava-1.5-7b-hf's shape: CLIP ViT-L/14 at 336 px (24 layers, 1024
+    wide), a 2-layer GELU projector, Llama-7B (32 layers, 4096 wide, 11008 MLP, 32 heads).
+    ``narrow`` (bench/gpu.py --tiny): the same processor geometry (336 px, patch 14, 576 image tokens) with
+    widths and depths shrunk, so that it runs in seconds on a CPU."""
+    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                              image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
+    text = LlamaConfig(vocab_size=vocab_size, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                       rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if narrow:
+        vision = CLIPVisionConfig(**{**vision.to_dict(), "hidden_size": 32, "intermediate_size": 64,
+                                     "num_hidden_layers": 2, "num_attention_heads": 2})
+        text = LlamaConfig(**{**text.to_dict(), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                              "num_attention_heads": 4, "num_key_value_heads": 4})
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token_index,
+                       image_seq_length=576, vision_feature_layer=-2, vision_feature_select_strategy="default",
+                       projector_hidden_act="gelu")
+
+
 def build_tiny_llava(folder: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     """Write a random-init LLaVA (processor + model + generation config) to ``folder``."""
     s = SIZES[size]

@@ -63,8 +63,10 @@ def gpus_if_available(num_gpus: float) -> float:
     return num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
 
 
-def init_ray(ray_cfg) -> None:
-    """Join the cluster of a `ray job submit` (RAY_ADDRESS), a given address, or start a local one.
+def init_ray(ray_cfg, **local_options: Any) -> None:
+    """Join the cluster of a `ray job submit` (RAY_ADDRESS), a given address, or start a local one
+    (``local_options``: more ray.init arguments for that one, e.g. the tests' include_dashboard=False).
+    Already connected (ray.is_initialized()): that cluster is used as it is.
 
     Logs stay readable (pipelines/logs.py): Ray Data's INFO lines go to Ray's log files only, and
     progress bars show only when wanted (``ray.progress_bars``, by default when on a terminal)."""
@@ -93,6 +95,7 @@ def init_ray(ray_cfg) -> None:
             kwargs["num_cpus"] = ray_cfg.num_cpus
             env_vars["PYTHONPATH"] = root + os.pathsep + os.environ.get("PYTHONPATH", "")
             kwargs["runtime_env"] = quiet
+            kwargs.update(local_options)
         ray.init(**kwargs)
     logs.quiet_ray_data()
     logs.filter_worker_output()

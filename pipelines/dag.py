@@ -4,7 +4,7 @@ runs) and pipelines/plan.py (what ``--plan`` reads) derive from :data:`STAGE_TAB
 
 To add a stage: a row here (in DAG order), its runner, its config section in pipelines/config.py
 RunConfig and pipelines/cli.py SECTIONS, its Ray resources in pipelines/plan.py ``resources``, and the
-name in cli.DAG's drawing; tests/test_dag.py fails while one of these is missing.
+name in cli.DAG's drawing; tests/pipelines/test_dag.py fails while one of these is missing.
 
 Imports only the standard library at module level: ``--help`` must not wait for torch and Ray. Each
 runner imports its pipeline module when it runs.

@@ -368,7 +368,7 @@ def train_loop(cfg: TrainConfig, model_cfg: ModelConfig, session: Session, run=N
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4g}")
         # no sample grids under FSDP: sampling through the sharded model broke the optimizer-state
-        # checkpoint that follows (tests/test_train_dist.py); DDP and single-process runs sample
+        # checkpoint that follows (tests/stages/test_train_dist.py); DDP and single-process runs sample
         if (cfg.stage == "adaptor" and cfg.sample_every and cfg.strategy != "fsdp"
                 and (done % cfg.sample_every == 0 or done == cfg.steps)):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

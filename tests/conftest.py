@@ -1,4 +1,5 @@
-"""Shared test setup: offline hub, quiet logs, markers, one module-scoped Ray fixture."""
+"""Shared test setup: offline hub, quiet logs, markers, the photos, one module-scoped Ray fixture
+(``ray_local``). Helper modules live in tests/support/."""
 import os
 
 # Without these some loaders hang retrying the hub (this machine has no hub access).
@@ -9,23 +10,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
-from pathlib import Path
-
 import pytest
 import torch
 
+from tests.support import ROOT, photo_paths
+
 # Tiny models run fastest on one thread; on a shared 2-core box more threads mostly contend.
 torch.set_num_threads(1)
-
-ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = ROOT.parent / "shared" / "data" / "photos"
-SAMPLES = ROOT / "data" / "samples"
-
-
-def photo_paths():
-    """Real photos for tests: ../shared/data/photos when present, else the shipped samples."""
-    src = PHOTOS if PHOTOS.is_dir() else SAMPLES
-    return sorted(src.glob("*.jpg"))
 
 
 @pytest.fixture(scope="session")
@@ -50,10 +41,41 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray cluster for this test module, shut down after it: 2 CPUs, started the way the
+    pipelines start one (pipelines.common.init_ray: address "local", never another session's
+    cluster; workers import this checkout, quiet logs, no progress bars), without the dashboard
+    and without worker output in the test's. Yields its RayConfig.
+
+    A pipeline function a test calls under it (run_train, run_negatives, ...) calls init_ray
+    itself, which keeps an initialized cluster: it runs on this one. This checkout is on
+    PYTHONPATH meanwhile, so a pipeline CLI the test starts with RAY_ADDRESS set to this cluster
+    imports it too. Tests that need Ray in other processes (`ray start`, `ray job submit`) use
+    tests/support/ray_procs.py instead."""
+    import os
+
+    import ray
+
+    from pipelines.common import init_ray
+    from pipelines.config import RayConfig
+
+    assert not ray.is_initialized(), "Ray is already initialized in this process: ray_local would not own it"
+    cfg = RayConfig(num_cpus=2, progress_bars=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("RAY_ADDRESS", raising=False)  # a cluster of our own, not the one a caller points at
+        mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+        init_ray(cfg, include_dashboard=False, log_to_driver=False)
+        try:
+            yield cfg
+        finally:
+            ray.shutdown()
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _ray_shut_down_after_each_module():
-    """A module that started Ray in this process (a pipeline function calls ray.init) leaves no
-    cluster behind for the next module, whose fixture starts its own."""
+    """A module that started Ray in this process without ray_local (a pipeline function it calls
+    starts one) leaves no cluster behind for the next module."""
     yield
     import sys
 
