@@ -15,8 +15,8 @@ import logging
 import pyarrow.compute as pc
 
 from catalog import layout
-from catalog.lake import code_digest
 from pipelines.common import Context, caption_map, data_split, gpus_if_available, run_stage
+from pipelines.dag import BY_NAME
 from stages.ablations import AblationConfig, ablation_runs, stage_class
 from stages.restore import RestoreConfig
 
@@ -52,7 +52,7 @@ def run_ablations(ctx: Context, restore: RestoreConfig, cfg: AblationConfig | No
             table=layout.partition(layout.RESTORATIONS, run.restore.resolved_run_id()),
             inputs=[layout.PAIRS, layout.CAPTIONS] if captions else [layout.PAIRS],
             section=run,
-            code=code_digest("stages.ablations"),
+            code=BY_NAME["ablations"].code_digest(),
             input_table=layout.DEGRADED,
             key="pair_id",
             fn=stage_class(run),

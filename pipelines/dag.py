@@ -1,5 +1,5 @@
 """The stages of the pipeline, written once: name, runner, the lake tables each reads and writes, its
-config section. pipelines/cli.py (``STAGES``, the config's ``stages`` list), pipelines/full.py (what
+config section, its code root (the cache key's code digest). pipelines/cli.py (``STAGES``, the config's ``stages`` list), pipelines/full.py (what
 runs) and pipelines/plan.py (what ``--plan`` reads) derive from :data:`STAGE_TABLE`.
 
 To add a stage: a row here (in DAG order), its runner, its config section in pipelines/config.py
@@ -44,6 +44,16 @@ class Stage:
     keeps no manifest of its own (prior: cached in <lake>/priors/; ablations: one partition of
     restorations per row, each with its own record)."""
 
+    code: str
+    """The stage's code root: the module whose source, with every project module it imports, is the
+    code part of the stage's cache key (:meth:`code_digest`; the pipeline and ``--plan`` both use it)."""
+
+    def code_digest(self) -> str:
+        """catalog.lake.code_digest of :attr:`code`: what the stage's manifest records as its code."""
+        from catalog.lake import code_digest
+
+        return code_digest(self.code)
+
 
 # ---------------------------------------------------------------------------------------------
 # runners (each imports its pipeline when it runs)
@@ -65,7 +75,7 @@ def run_train(ctx, stage: str) -> dict:
     A changed spec starts the stage's Ray Train run afresh; the same spec after a kill resumes it
     from its latest checkpoint (pipelines/train.py)."""
     from catalog.config import digest
-    from catalog.lake import StageSpec, code_digest
+    from catalog.lake import StageSpec
     from pipelines.train import run_train as train, storage
 
     run_prior(ctx)
@@ -74,7 +84,7 @@ def run_train(ctx, stage: str) -> dict:
     spec = StageSpec(me.name, me.writes, {t: lake.digest(t) for t in me.reads},
                      digest({"train": section.stage(stage), "model": ctx.cfg.model, "name": section.name,
                              "split": ctx.cfg.split}),
-                     code_digest("stages.train"))
+                     me.code_digest())
     state = lake.begin(spec)
     if state == "cached":
         log.info("%s: cached (inputs, config and code unchanged)", me.name)
@@ -157,19 +167,22 @@ def _evaluate(ctx) -> dict:
 # the table, in DAG order
 
 STAGE_TABLE: tuple[Stage, ...] = (
-    Stage("crawl", _crawl, "crawl", (layout.SOURCES,), layout.IMAGES),
-    Stage("filter", _filter, "filter", (layout.IMAGES,), layout.FILTERED),
-    Stage("caption", _caption, "caption", (layout.FILTERED, layout.IMAGES), layout.CAPTIONS),
-    Stage("degrade", _degrade, "degrade", (layout.FILTERED, layout.IMAGES), layout.DEGRADED),
-    Stage("prior", run_prior, "prior_train", (layout.FILTERED, layout.IMAGES, layout.CAPTIONS), None),
-    Stage("negatives", _negatives, "negatives", (layout.FILTERED, layout.IMAGES, layout.DEGRADED), layout.NEGATIVES),
+    Stage("crawl", _crawl, "crawl", (layout.SOURCES,), layout.IMAGES, "stages.crawl"),
+    Stage("filter", _filter, "filter", (layout.IMAGES,), layout.FILTERED, "stages.filter"),
+    Stage("caption", _caption, "caption", (layout.FILTERED, layout.IMAGES), layout.CAPTIONS, "stages.caption"),
+    Stage("degrade", _degrade, "degrade", (layout.FILTERED, layout.IMAGES), layout.DEGRADED, "stages.degrade"),
+    Stage("prior", run_prior, "prior_train", (layout.FILTERED, layout.IMAGES, layout.CAPTIONS), None,
+          "stages.prior_train"),
+    Stage("negatives", _negatives, "negatives", (layout.FILTERED, layout.IMAGES, layout.DEGRADED), layout.NEGATIVES,
+          "stages.negatives"),
     Stage("train_encoder", lambda ctx: run_train(ctx, "encoder"), "train", (layout.PAIRS, layout.CAPTIONS),
-          layout.stage_record("train_encoder")),
+          layout.stage_record("train_encoder"), "stages.train"),
     Stage("train_adaptor", lambda ctx: run_train(ctx, "adaptor"), "train", (layout.PAIRS, layout.CAPTIONS),
-          layout.stage_record("train_adaptor")),
-    Stage("restore", _restore, "restore", (layout.PAIRS,), layout.RESTORATIONS),
-    Stage("ablations", _ablations, "ablations", (layout.PAIRS,), None),
-    Stage("baselines", _baselines, "baselines", (layout.PAIRS,), layout.BASELINES),
-    Stage("evaluate", _evaluate, "evaluate", (layout.PAIRS, layout.RESTORATIONS, layout.BASELINES), layout.METRICS),
+          layout.stage_record("train_adaptor"), "stages.train"),
+    Stage("restore", _restore, "restore", (layout.PAIRS,), layout.RESTORATIONS, "stages.restore"),
+    Stage("ablations", _ablations, "ablations", (layout.PAIRS,), None, "stages.ablations"),
+    Stage("baselines", _baselines, "baselines", (layout.PAIRS,), layout.BASELINES, "evaluation.baselines"),
+    Stage("evaluate", _evaluate, "evaluate", (layout.PAIRS, layout.RESTORATIONS, layout.BASELINES), layout.METRICS,
+          "stages.evaluate"),
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGE_TABLE}

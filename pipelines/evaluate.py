@@ -37,12 +37,13 @@ import pyarrow.parquet as pq
 
 from catalog import layout
 from catalog.config import digest, to_dict
-from catalog.lake import Lake, StageSpec, code_digest
+from catalog.lake import Lake, StageSpec
 from catalog.tracking import RunRef
 from evaluation.baselines import KIND, BaselineConfig, Baseliner, degradation_label
 from evaluation.metrics import EvalConfig, check_metric_names, seed_weights
 from evaluation.report import TABLE1_SQL, markdown_table, table1, write_report
 from pipelines.common import ACTOR_OPTIONS, Context, LakeWriter, StageActor, gpus_if_available, run_stage
+from pipelines.dag import BY_NAME
 from stages.split import HELDOUT
 from stages.evaluate import Evaluator
 
@@ -70,7 +71,7 @@ def run_baselines(ctx: Context, cfg: Optional[BaselineConfig] = None) -> dict[st
         table=layout.BASELINES,
         inputs=[layout.PAIRS],
         section=cfg,
-        code=code_digest("evaluation.baselines"),
+        code=BY_NAME["baselines"].code_digest(),
         input_table=layout.PAIRS,
         key="pair_id",
         fn=Baseliner,
@@ -185,7 +186,7 @@ def run_evaluate(ctx: Context, cfg: Optional[EvalConfig] = None) -> dict[str, in
         log.info("evaluate: weights folder %s: %s", cfg.weights_dir, seeded)
     import pyiqa
 
-    code = f"{code_digest('stages.evaluate')}:pyiqa-{pyiqa.__version__}:{weights_digest(cfg.weights_dir)}"
+    code = f"{BY_NAME['evaluate'].code_digest()}:pyiqa-{pyiqa.__version__}:{weights_digest(cfg.weights_dir)}"
     split = pair_split(ctx)
     spec = StageSpec("evaluate", layout.METRICS, {t: lake.digest(t) for t in (layout.PAIRS,) + SOURCES},
                      digest({"evaluate": cfg, "split": split}), code)

@@ -24,8 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalog import layout
-from catalog.lake import StageSpec, code_digest
+from catalog.lake import StageSpec
 from pipelines.common import Context, run_stage
+from pipelines.dag import BY_NAME
 from stages.crawl import Fetcher, apply_duplicates, mark_duplicates, read_sources
 from stages.crawl_sources import check_sources
 from stages.filter import Filterer, check_iqa_available, near_duplicates
@@ -75,7 +76,7 @@ def run_crawl(ctx: Context) -> dict[str, int]:
         table=layout.IMAGES,
         inputs=[layout.SOURCES],
         section=cfg,
-        code=code_digest("stages.crawl"),
+        code=BY_NAME["crawl"].code_digest(),
         input_table=layout.SOURCES,
         key="row",
         fn=Fetcher,
@@ -127,7 +128,7 @@ def run_filter(ctx: Context) -> dict[str, int]:
         table=layout.FILTERED,
         inputs=[layout.IMAGES],
         section=cfg,
-        code=code_digest("stages.filter"),
+        code=BY_NAME["filter"].code_digest(),
         input_table=layout.IMAGES,
         key="image_id",
         columns=["image_id", "url", "bytes", "status"],

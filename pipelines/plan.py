@@ -109,8 +109,8 @@ def cache_state(cfg: Any, lake_root: str, stage: str) -> str:
     want = _config_digest(cfg, stage)
     if want is not None and spec.get("config") != want:
         return done + "; config changed since: reruns"
-    code = _code_digest(stage)
-    if code is not None and spec.get("code") != code:
+    # the stage table's code root, as the pipeline digests it (evaluate appends ":pyiqa-<version>:<weights>")
+    if str(spec.get("code", "")).split(":", 1)[0] != BY_NAME[stage].code_digest():
         return done + "; code changed since: reruns"
     return done + "; cached unless its inputs changed"
 
@@ -122,14 +122,6 @@ def _partitions(fs: Any, folder: str) -> list[str]:
     if fs.get_file_info(folder).type != pafs.FileType.Directory:
         return []
     return [i.base_name for i in fs.get_file_info(pafs.FileSelector(folder)) if i.type == pafs.FileType.Directory]
-
-
-def _code_digest(stage: str) -> str | None:
-    from catalog.lake import code_digest
-
-    modules = {"crawl": "stages.crawl", "filter": "stages.filter", "degrade": "stages.degrade",
-               "baselines": "evaluation.baselines", "train_encoder": "stages.train", "train_adaptor": "stages.train"}
-    return code_digest(modules[stage]) if stage in modules else None
 
 
 def plan_text(cfg: Any) -> str:

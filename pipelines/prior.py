@@ -48,10 +48,11 @@ import pyarrow.parquet as pq
 
 from catalog import layout
 from catalog.config import ConfigError, apply_overrides, digest, from_dict, load_yaml, to_dict
-from catalog.lake import Lake, code_digest
+from catalog.lake import Lake
 from catalog.tracking import RunRef, Tracker, TrackingConfig
 from model.config import ModelConfig
 from pipelines.common import caption_map, train_image_ids
+from pipelines.dag import BY_NAME
 from stages.split import SplitConfig
 from stages.negatives import NegativeMaker, NegativesConfig, preview_grid
 from stages.prior_train import STAGE0_FILE, read_stage0, train_prior
@@ -96,7 +97,7 @@ def prior_key(ctx, uses_captions: bool) -> str:
     cfg, model_cfg, lake = ctx.cfg.prior_train, ctx.cfg.model, ctx.lake
     section = {k: v for k, v in to_dict(cfg).items() if k not in _RUNTIME_FIELDS}
     inputs = {t: lake.digest(t) for t in (layout.FILTERED, layout.IMAGES) + ((layout.CAPTIONS,) if uses_captions else ())}
-    code = code_digest("stages.prior_train")
+    code = BY_NAME["prior"].code_digest()
     return digest({"prior_train": section, "preset": model_cfg.preset, "seed": model_cfg.seed,
                    "inputs": inputs, "code": code, "train_images": train_image_ids(ctx)})[:16]
 
@@ -207,7 +208,7 @@ def run_negatives(ctx, prior: Optional[str] = None) -> dict[str, int]:
         stage="negatives",
         table=layout.NEGATIVES,
         section=cfg,
-        code=code_digest("stages.negatives"),
+        code=BY_NAME["negatives"].code_digest(),
         key="image_id",
         fn=NegativeMaker,
         batch_size=cfg.batch_size,

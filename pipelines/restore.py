@@ -68,9 +68,9 @@ from PIL import Image
 
 from catalog import layout
 from catalog.config import ConfigError, apply_overrides, from_dict, to_dict
-from catalog.lake import code_digest
 from catalog.registry import is_model_uri, resolve_model_path
 from catalog.tracking import RunRef, Tracker, TrackingConfig
+from pipelines.dag import BY_NAME
 from stages.restore import RestoreConfig, Restorer
 
 log = logging.getLogger("supir")
@@ -246,7 +246,7 @@ def run_restore(ctx, cfg: Optional[RestoreConfig] = None) -> dict[str, int]:
         table=layout.partition(layout.RESTORATIONS, cfg.resolved_run_id()),  # one partition per sampler setting: runs compare in SQL
         inputs=[layout.PAIRS, layout.CAPTIONS] if captions else [layout.PAIRS],
         section=cfg,
-        code=code_digest("stages.restore"),
+        code=BY_NAME["restore"].code_digest(),
         input_table=layout.DEGRADED,  # negatives are training targets, not restoration inputs
         key="pair_id",
         fn=Restorer,
