@@ -15,7 +15,8 @@ import logging
 import pyarrow.compute as pc
 
 from catalog import layout
-from pipelines.common import Context, caption_map, data_split, gpus_if_available, run_stage
+from catalog.captions import caption_map
+from pipelines.common import Context, data_split, gpus_if_available, run_stage
 from pipelines.dag import BY_NAME
 from stages.ablations import AblationConfig, ablation_runs, stage_class
 from stages.restore import RestoreConfig

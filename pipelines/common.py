@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalog import layout
+from catalog.captions import fill_missing
 from catalog.config import digest, to_dict
 from catalog.lake import Lake, StageSpec
 from catalog.tracking import RunRef, Tracker
@@ -171,26 +172,6 @@ class ReadPending:
         if self.fill is not None:  # e.g. each pair's caption from the `captions` table, where the row has none
             block = fill_missing(block, *self.fill)
         return block
-
-
-def fill_missing(block: pa.Table, column: str, by: str, values: dict, default: Optional[str] = None) -> pa.Table:
-    """``block`` with each row's missing or blank string ``column`` taken from ``values[row[by]]``
-    (else ``default``); the column is added when the block has none."""
-    have = block.column(column).to_pylist() if column in block.column_names else [None] * block.num_rows
-    filled = pa.array([h if isinstance(h, str) and h.strip() else values.get(str(k)) or default
-                       for h, k in zip(have, block.column(by).to_pylist())], pa.string())
-    if column in block.column_names:
-        return block.set_column(block.schema.get_field_index(column), column, filled)
-    return block.append_column(column, filled)
-
-
-def caption_map(lake: Lake) -> dict[str, str]:
-    """image_id -> caption of the ok rows of `captions` (empty without the table)."""
-    if not lake.exists(layout.CAPTIONS):
-        return {}
-    t = lake.read(layout.CAPTIONS, columns=["image_id", "caption", "status"])
-    t = t.filter(pc.equal(t.column("status"), "ok"))
-    return dict(zip(t.column("image_id").to_pylist(), t.column("caption").to_pylist()))
 
 
 def run_stage(

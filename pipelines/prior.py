@@ -47,11 +47,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from catalog import layout
+from catalog.captions import caption_map
 from catalog.config import ConfigError, apply_overrides, digest, from_dict, load_yaml, to_dict
 from catalog.lake import Lake
 from catalog.tracking import RunRef, Tracker, TrackingConfig
 from model.config import ModelConfig
-from pipelines.common import caption_map, train_image_ids
+from pipelines.common import train_image_ids
 from pipelines.dag import BY_NAME
 from stages.split import SplitConfig
 from stages.negatives import NegativeMaker, NegativesConfig, preview_grid

@@ -236,7 +236,8 @@ def restore_folder(cfg: RestoreConfig, input_dir: str | Path, output_dir: str | 
 
 def run_restore(ctx, cfg: Optional[RestoreConfig] = None) -> dict[str, int]:
     """The `restore` stage of the full pipeline: ok rows of `pairs` -> `restorations` (cached, resumable)."""
-    from pipelines.common import caption_map, gpus_if_available, run_stage
+    from catalog.captions import caption_map
+    from pipelines.common import gpus_if_available, run_stage
 
     cfg = cfg or ctx.cfg.restore
     captions = caption_map(ctx.lake) if cfg.use_captions else {}

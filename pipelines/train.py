@@ -152,7 +152,7 @@ def train_dataset(lake: Lake, image_ids: Optional[Sequence[str]] = None):
     ``image_ids``: only pairs of these images (the train split: held-out photos are never trained on)."""
     import ray
 
-    from pipelines.common import caption_map
+    from catalog.captions import caption_map
 
     files = lake.files(layout.PAIRS)
     if not files:
@@ -175,7 +175,7 @@ class _OkWithCaptions:
         keep = pc.equal(block.column("status"), "ok")
         if self.image_ids is not None:
             keep = pc.and_(keep, pc.is_in(block.column("image_id"), value_set=pa.array(self.image_ids, pa.string())))
-        from pipelines.common import fill_missing
+        from catalog.captions import fill_missing
 
         return fill_missing(block.filter(keep).drop_columns(["status"]), "caption", "image_id", self.captions, "")
 

@@ -1,4 +1,4 @@
-"""Training examples: `pairs` rows (joined with captions) -> seeded, deterministic batches of tensors.
+"""Training examples: `pairs` rows (joined with captions by catalog/captions.py) -> seeded, deterministic batches of tensors.
 
 Each worker holds its share of the rows (:func:`shard_rows`: every ``world_size``-th row of the
 pair_id order, so the split never depends on how the data arrived) and draws the batch of step
@@ -25,20 +25,6 @@ from catalog import codec
 from catalog.seeds import generator
 
 TRAIN_COLUMNS = ("pair_id", "image_id", "kind", "hq", "lq", "caption", "params")
-
-
-def join_captions(rows: Iterable[Mapping[str, Any]], captions: Mapping[str, str]) -> list[dict[str, Any]]:
-    """Rows with a caption: the pair's own (negatives carry the negative prompt), else the image's
-    caption from the `captions` table, else the empty prompt."""
-    out = []
-    for r in rows:
-        r = dict(r)
-        cap = r.get("caption")
-        if not isinstance(cap, str) or not cap.strip():
-            cap = captions.get(str(r.get("image_id")), "") or ""
-        r["caption"] = cap
-        out.append(r)
-    return out
 
 
 def shard_rows(rows: Iterable[Mapping[str, Any]], rank: int, world_size: int) -> list[dict[str, Any]]:
