@@ -48,8 +48,8 @@ def cpu_throughput(stages, workers, steps: int, crop: int, batch_size: int) -> l
     try:
         for n in workers:
             for stage in stages:
-                common = {"steps": steps, "batch_size": batch_size, "crop_size": crop, "num_workers": n,
-                          "checkpoint_every": steps, "cpus_per_worker": min(1.0, (cpus - 1) / n), "progress": False,
+                common = {"steps": steps, "batch_size": batch_size, "crop_size": crop, "checkpoint_every": steps,
+                          "resources": {"workers": n, "cpus_per_worker": min(1.0, (cpus - 1) / n)}, "progress": False,
                           "lr": 1e-4}
                 section = from_dict(TrainSection, {"name": f"bench-{n}", "registered_model": "",
                                                    "encoder": common, "adaptor": common}, prefix="train")

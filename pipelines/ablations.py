@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from catalog import layout
 from catalog.captions import caption_map
-from pipelines.common import Context, data_split, gpus_if_available, run_stage
+from pipelines.common import Context, data_split, run_stage
 from pipelines.dag import BY_NAME
 from stages.ablations import AblationConfig, ablation_runs, stage_class
 from stages.restore import RestoreConfig
@@ -58,8 +58,7 @@ def run_ablations(ctx: Context, restore: RestoreConfig, cfg: AblationConfig | No
             key="pair_id",
             fn=stage_class(run),
             batch_size=run.restore.batch_size,
-            actors=run.restore.actors,
-            num_gpus=gpus_if_available(run.restore.num_gpus_per_actor),
+            resources=run.restore.resources,
             columns=["pair_id", "image_id", "lq", "hq", "caption", "scale", "status"],
             where=("status", "ok"),
             allow=allow,

@@ -64,6 +64,18 @@ def gpus_if_available(num_gpus: float) -> float:
     return num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
 
 
+def actor_pool(resources, gpu: bool = True) -> dict[str, Any]:
+    """``map_batches`` options of a stage's actor pool from its ``resources`` section (catalog/resources.py):
+    up to ``workers`` actors of ``cpus_per_worker`` CPUs and, when ``gpu`` and the cluster has GPUs,
+    ``gpus_per_worker`` GPUs each. ``gpu=False``: the stage's work needs none (the alt-text
+    captioner, a filter without IQA gates)."""
+    from ray.data import ActorPoolStrategy
+
+    return {"compute": ActorPoolStrategy(min_size=1, max_size=resources.workers),
+            "num_gpus": gpus_if_available(resources.gpus_per_worker) if gpu else 0,
+            "num_cpus": resources.cpus_per_worker, **ACTOR_OPTIONS}
+
+
 def init_ray(ray_cfg) -> None:
     """Join the cluster of a `ray job submit` (RAY_ADDRESS), a given address, or start a local one.
 
@@ -186,9 +198,8 @@ def run_stage(
     key: str,
     fn: type,
     batch_size: int,
-    actors: int = 1,
-    num_gpus: float = 0,
-    num_cpus: float = 1,
+    resources: Any,
+    gpu: bool = True,
     batch_format: str = "numpy",
     columns: Optional[list[str]] = None,
     where: Optional[tuple[str, str]] = None,
@@ -200,13 +211,13 @@ def run_stage(
 ) -> dict[str, int]:
     """Run one map stage: cached when nothing changed, resumed when killed, else fresh.
 
-    ``fn(section)`` is the stage's callable class; it maps batches of ``input_table`` rows
+    ``fn(section)`` is the stage's callable class; it maps batches of ``batch_size`` ``input_table`` rows
     (``columns``, filtered by ``where`` and by ``allow``, a list of accepted keys) to rows of
     ``table``; ``key`` identifies an input row in the output (for resume). ``finalize`` runs global passes once all rows are written.
     ``fill`` = (column, by, values) fills an input row's missing ``column`` with ``values[row[by]]``.
+    ``resources`` (the section's ``resources:``) and ``gpu`` size the actor pool (:func:`actor_pool`).
     """
     import ray
-    from ray.data import ActorPoolStrategy
 
     lake = ctx.lake
     spec_inputs = {t: lake.digest(t) for t in inputs}
@@ -237,10 +248,7 @@ def run_stage(
                 fn_constructor_args=(fn, section),
                 batch_size=batch_size,
                 batch_format=batch_format,
-                compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
-                num_gpus=num_gpus,
-                num_cpus=num_cpus,
-                **ACTOR_OPTIONS,
+                **actor_pool(resources, gpu),
             )
             # one part per stage batch: the unit a killed run does not redo
             ds = ds.map_batches(LakeWriter(lake.root, table, status_column), batch_format="pyarrow",

@@ -83,8 +83,8 @@ def run_caption(ctx: Context) -> dict[str, int]:
         allow=kept_image_ids(ctx),
         fn=captioner_class(cfg),
         batch_size=cfg.batch_size,
-        actors=cfg.actors,
-        num_gpus=cfg.num_gpus_per_actor if cfg.captioner == "llava" else 0,
+        resources=cfg.resources,
+        gpu=cfg.captioner == "llava",
         finalize=finalize,
     )
 
@@ -119,6 +119,6 @@ def run_degrade(ctx: Context) -> dict[str, int]:
         allow=kept_image_ids(ctx),
         fn=Degrader,
         batch_size=cfg.batch_size,
-        actors=cfg.workers,
+        resources=cfg.resources,
         finalize=finalize,
     )

@@ -82,8 +82,7 @@ def run_crawl(ctx: Context) -> dict[str, int]:
         fn=Fetcher,
         batch_size=cfg.shard_rows,
         batch_format="pyarrow",
-        actors=cfg.workers,
-        num_cpus=cfg.cpus_per_worker,
+        resources=cfg.resources,
         finalize=lambda run: _dedupe_images(ctx, run),
     )
 
@@ -135,8 +134,8 @@ def run_filter(ctx: Context) -> dict[str, int]:
         where=("status", "ok"),
         fn=Filterer,
         batch_size=cfg.batch_size,
-        actors=cfg.workers,
-        num_gpus=cfg.num_gpus if cfg.iqa else 0,
+        resources=cfg.resources,
+        gpu=bool(cfg.iqa),
         status_column="keep",
         finalize=lambda run: _near_dupes(ctx, run),
         counts=lambda: filter_counts(ctx),

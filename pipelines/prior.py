@@ -64,7 +64,7 @@ log = logging.getLogger("supir")
 TRAIN = "train"  # model.prior value that asks for stage 0
 ROOT_DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 # fields of PriorTrainConfig that change where or how fast it runs, not what it learns
-_RUNTIME_FIELDS = ("device", "num_threads", "num_gpus", "output_dir", "progress", "log_every")
+_RUNTIME_FIELDS = ("device", "num_threads", "resources", "output_dir", "progress", "log_every")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,8 +145,8 @@ def run_prior(ctx) -> Optional[str]:
 
             from pipelines.common import gpus_if_available
 
-            gpus = gpus_if_available(cfg.num_gpus)
-            task = ray.remote(num_cpus=1, num_gpus=gpus)(_train_task)
+            res = cfg.resources
+            task = ray.remote(num_cpus=res.cpus_per_worker, num_gpus=gpus_if_available(res.gpus_per_worker))(_train_task)
             ray.get(task.remote(*args))
         else:
             _train_task(*args)
@@ -189,12 +189,11 @@ def run_negatives(ctx, prior: Optional[str] = None) -> dict[str, int]:
     """The negatives stage: kept images (or `pairs/degraded` HQ crops) -> `pairs/negative` (cached, resumable).
 
     ``prior``: the run's prior (run_prior's result); default: run_prior(ctx)."""
-    from pipelines.common import gpus_if_available, run_stage
+    from pipelines.common import run_stage
 
     lake = ctx.lake
     prior = run_prior(ctx) if prior is None else prior
     cfg = negatives_config(ctx, prior)
-    gpus = gpus_if_available(cfg.num_gpus_per_actor)
     # the train split only: stage 2 trains on the negatives, so a held-out photo must not be one
     allow = train_image_ids(ctx)
     if cfg.source == "images":
@@ -212,9 +211,8 @@ def run_negatives(ctx, prior: Optional[str] = None) -> dict[str, int]:
         code=BY_NAME["negatives"].code_digest(),
         key="image_id",
         fn=NegativeMaker,
-        batch_size=cfg.batch_size,
-        actors=cfg.actors,
-        num_gpus=gpus,
+        batch_size=cfg.rows_per_batch,
+        resources=cfg.resources,
         finalize=lambda run: log_negatives(lake, cfg, run),
         **source,
     )

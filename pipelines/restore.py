@@ -81,19 +81,10 @@ GRID_ROWS = 4
 
 def restore_actors(ds, cfg: RestoreConfig, timings: bool = False):
     """``ds`` (pair_id, lq[, caption, scale]) -> RESTORATIONS rows, through an actor pool of Restorers."""
-    from ray.data import ActorPoolStrategy
+    from pipelines.common import actor_pool
 
-    from pipelines.common import ACTOR_OPTIONS, gpus_if_available
-
-    return ds.map_batches(
-        Restorer,
-        fn_constructor_args=(cfg,),
-        fn_constructor_kwargs={"timings": timings},
-        batch_size=cfg.batch_size,
-        compute=ActorPoolStrategy(min_size=1, max_size=cfg.actors),
-        num_gpus=gpus_if_available(cfg.num_gpus_per_actor),
-        **ACTOR_OPTIONS,
-    )
+    return ds.map_batches(Restorer, fn_constructor_args=(cfg,), fn_constructor_kwargs={"timings": timings},
+                          batch_size=cfg.batch_size, **actor_pool(cfg.resources))
 
 
 def speed_metrics(seconds: Sequence[float], statuses: Sequence[str], num_steps: int,
@@ -237,7 +228,7 @@ def restore_folder(cfg: RestoreConfig, input_dir: str | Path, output_dir: str | 
 def run_restore(ctx, cfg: Optional[RestoreConfig] = None) -> dict[str, int]:
     """The `restore` stage of the full pipeline: ok rows of `pairs` -> `restorations` (cached, resumable)."""
     from catalog.captions import caption_map
-    from pipelines.common import gpus_if_available, run_stage
+    from pipelines.common import run_stage
 
     cfg = cfg or ctx.cfg.restore
     captions = caption_map(ctx.lake) if cfg.use_captions else {}
@@ -252,8 +243,7 @@ def run_restore(ctx, cfg: Optional[RestoreConfig] = None) -> dict[str, int]:
         key="pair_id",
         fn=Restorer,
         batch_size=cfg.batch_size,
-        actors=cfg.actors,
-        num_gpus=gpus_if_available(cfg.num_gpus_per_actor),
+        resources=cfg.resources,
         columns=["pair_id", "image_id", "lq", "hq", "caption", "scale", "status"],
         where=("status", "ok"),
         fill=("caption", "image_id", captions),  # degraded pairs carry no caption: the image's, as training reads it

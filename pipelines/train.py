@@ -129,8 +129,10 @@ def train_worker(config: dict[str, Any]) -> None:
     session, run = RaySession(), config.get("run")
     # every rank samples its own machine (system/rank<N>/... in the stage's run)
     with run.system_metrics(node_id=f"rank{session.rank}") if run is not None else contextlib.nullcontext():
+        res = config["train"].resources
         train_loop(config["train"], config["model"], session, run=run, init_from=init_from,
-                   degrade=config.get("degrade"))
+                   degrade=config.get("degrade"), use_gpu=res.gpus_per_worker > 0,
+                   num_threads=max(1, int(res.cpus_per_worker)))
 
 
 def local_folder(uri: str) -> str:
@@ -229,12 +231,14 @@ def make_trainer(cfg: TrainConfig, model_cfg: ModelConfig, run_name: str, storag
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    res = cfg.resources
+    use_gpu = res.gpus_per_worker > 0  # TrainConfig allows 0 or 1
     return TorchTrainer(
         train_worker,
         train_loop_config={"train": cfg, "model": model_cfg, "run": run, "init_from": init_from, "degrade": degrade},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(name=run_name, storage_path=storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),

@@ -39,7 +39,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, ClassVar, Literal, Mapping, Optional
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ from PIL import Image
 
 from catalog import codec
 from catalog.config import ConfigError, check
+from catalog.resources import Resources, resource_keys
 from catalog.batches import numpy_batch
 from catalog.schemas import PAIR_COLUMNS, PAIR_DTYPES, pair_id_of
 from degradations import DegradeConfig, degrade_target, draw_params, ops
@@ -117,17 +118,17 @@ class NegativesConfig:
     dtype: str = "auto"
     """Dtype of the prior: auto (bfloat16 on a GPU that has it, else float32), float32, float16, bfloat16."""
 
-    micro_batch: int = 8
-    """Samples per sampler call (rows of one Ray batch are split into micro-batches)."""
-
     batch_size: int = 8
-    """Rows per Ray batch (pipelines/prior.py)."""
+    """Samples per sampler call (the rows of one Ray batch are split into calls of this size)."""
 
-    actors: int = 1
-    """Actors making samples, one prior each (pipelines/prior.py)."""
+    rows_per_batch: int = 8
+    """Rows of one Ray batch handed to an actor (one lake part each; pipelines/prior.py)."""
 
-    num_gpus_per_actor: float = 1.0
-    """GPUs per actor when the cluster has GPUs (pipelines/prior.py)."""
+    resources: Resources = field(default_factory=lambda: Resources(gpus_per_worker=1.0))
+    """Actors making samples, one prior each, and their GPUs (pipelines/prior.py)."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"micro_batch": "batch_size",
+                                         **resource_keys(workers="actors", gpus="num_gpus_per_actor")}
 
     grid_rows: int = 8
     """Rows of the MLflow grid (source | negative | lq)."""
@@ -152,10 +153,9 @@ class NegativesConfig:
               "negatives.device", dev, "auto, cpu, cuda or cuda:N")
         check(self.dtype == "auto" or self.dtype in MODEL_DTYPES, "negatives.dtype", self.dtype,
               "auto, float32, float16 or bfloat16")
-        check(self.micro_batch >= 1, "negatives.micro_batch", self.micro_batch, "an integer >= 1")
         check(self.batch_size >= 1, "negatives.batch_size", self.batch_size, "an integer >= 1")
-        check(self.actors >= 1, "negatives.actors", self.actors, "an integer >= 1")
-        check(self.num_gpus_per_actor >= 0, "negatives.num_gpus_per_actor", self.num_gpus_per_actor, "a number >= 0")
+        check(self.rows_per_batch >= 1, "negatives.rows_per_batch", self.rows_per_batch, "an integer >= 1")
+        self.resources.check("negatives")
         check(self.grid_rows >= 0, "negatives.grid_rows", self.grid_rows, "an integer >= 0")
 
     def degrade_config(self) -> DegradeConfig:
@@ -262,8 +262,8 @@ class NegativeMaker:
                     top, left = _crop_position(pair_id, cfg.seed, h, w, cfg.crop_size)
                     rows[-1]["_crop"] = [top, left]
                     todo.append((len(rows) - 1, to_model_range(img[top : top + cfg.crop_size, left : left + cfg.crop_size])))
-        for start in range(0, len(todo), cfg.micro_batch):
-            self._make(rows, todo[start : start + cfg.micro_batch])
+        for start in range(0, len(todo), cfg.batch_size):
+            self._make(rows, todo[start : start + cfg.batch_size])
         return numpy_batch({c: [r[c] for r in rows] for c in PAIR_COLUMNS}, PAIR_DTYPES)
 
     def _make(self, rows: list[dict[str, Any]], chunk: list[tuple[int, torch.Tensor]]) -> None:

@@ -5,12 +5,13 @@ field do not need the training loops. Imports no Ray.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import torch
 
 from catalog.config import check, check_prob
+from catalog.resources import Resources, resource_keys
 from model.sampler import NEGATIVE_QUALITY_PROMPT
 
 
@@ -102,8 +103,11 @@ class PriorTrainConfig:
     num_threads: int = 0
     """torch CPU threads while training (0: leave torch's setting)."""
 
-    num_gpus: float = 0.0
-    """GPUs of the Ray task that trains the prior (pipelines/prior.py), when the cluster has GPUs."""
+    resources: Resources = field(default_factory=Resources)
+    """The one Ray task that trains the prior (pipelines/prior.py): its CPUs, and its GPUs when the
+    cluster has GPUs; workers must be 1."""
+
+    RENAMED: ClassVar[dict[str, str]] = resource_keys(gpus="num_gpus")
 
     output_dir: str = ""
     """Folder for trained priors, one digest-named subfolder each; empty: <lake>/priors (local lakes)."""
@@ -143,7 +147,9 @@ class PriorTrainConfig:
         check(self.mixed_precision in ("auto", "bf16", "no"), "prior_train.mixed_precision", self.mixed_precision,
               "auto, bf16 or no")
         check(self.num_threads >= 0, "prior_train.num_threads", self.num_threads, "an integer >= 0")
-        check(self.num_gpus >= 0, "prior_train.num_gpus", self.num_gpus, "a number >= 0")
+        self.resources.check("prior_train")
+        check(self.resources.workers == 1, "prior_train.resources.workers", self.resources.workers,
+              "1 (stage 0 trains in one Ray task)")
 
 
 def use_bf16(mode: str, device: torch.device) -> bool:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from catalog.config import check
+from catalog.resources import Resources, resource_keys
 
 STAGES = ("encoder", "adaptor")
 TRAINED_PARTS = {"encoder": ("encoder",), "adaptor": ("adaptor", "connectors")}
@@ -87,11 +88,13 @@ class TrainConfig:
     num_samples: int = 2
     """Images in each sample grid."""
 
-    num_workers: int = 1
-    """Ray Train workers (one process, one GPU each with use_gpu)."""
+    resources: Resources = field(default_factory=Resources)
+    """Ray Train workers (one process each), the CPUs Ray reserves for each (a CPU worker runs
+    max(1, floor of it) torch threads; leave at least one whole CPU of the node to Ray Data's read
+    tasks, or the data never arrives, e.g. 0.5 with 2 workers on 2 CPUs) and their GPUs: 1 trains
+    on one GPU per worker (nccl), 0 on CPU workers (gloo)."""
 
-    use_gpu: bool = False
-    """One GPU per worker (nccl); else CPU workers (gloo)."""
+    RENAMED: ClassVar[dict[str, str]] = resource_keys(workers="num_workers", gpus="use_gpu", cpus="cpus_per_worker")
 
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """ddp, or fsdp: shard the trained parts and their optimizer state (SDXL-size adaptor)."""
@@ -102,25 +105,22 @@ class TrainConfig:
     max_failures: int = 0
     """Worker-group restarts Ray Train makes after a failure (each resumes from the latest checkpoint)."""
 
-    cpus_per_worker: float = 1.0
-    """Ray CPUs reserved per worker; a CPU worker runs max(1, floor of it) torch threads. Leave at
-    least one whole CPU of the node to Ray Data's read tasks, or the data never arrives (e.g. 0.5
-    with 2 workers on 2 CPUs)."""
-
     progress: bool = True
     """A progress bar over steps on rank 0."""
 
     def __post_init__(self) -> None:
         p = f"train.{self.stage}"
         check(self.stage in STAGES, "train.stage", self.stage, "encoder or adaptor")
-        for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "num_workers", "sample_steps",
+        for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "sample_steps",
                      "num_samples"):
             check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"{p}.{name}",
                   getattr(self, name), "an integer >= 1")
         for name in ("warmup_steps", "sample_every", "max_failures", "seed"):
             check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, f"{p}.{name}",
                   getattr(self, name), "an integer >= 0")
-        check(self.cpus_per_worker > 0, f"{p}.cpus_per_worker", self.cpus_per_worker, "a number > 0")
+        self.resources.check(p)
+        check(self.resources.gpus_per_worker in (0, 1), f"{p}.resources.gpus_per_worker", self.resources.gpus_per_worker,
+              "0 (CPU workers, gloo) or 1 (one GPU per worker, nccl)")
         check(self.lr > 0 and math.isfinite(self.lr), f"{p}.lr", self.lr, "a number > 0")
         check(self.weight_decay >= 0, f"{p}.weight_decay", self.weight_decay, "a number >= 0")
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{p}.betas", list(self.betas),
@@ -146,8 +146,8 @@ class TrainConfig:
 
     def resume_key(self) -> dict[str, Any]:
         """Fields a resumed run must share with its checkpoint (the rest may change, e.g. steps)."""
-        return {k: getattr(self, k) for k in ("stage", "batch_size", "crop_size", "seed", "num_workers",
-                                              "fixed_batch", "on_the_fly_degradation")}
+        return {k: getattr(self, k) for k in ("stage", "batch_size", "crop_size", "seed", "fixed_batch",
+                                              "on_the_fly_degradation")} | {"num_workers": self.resources.workers}
 
 
 @dataclass

@@ -220,8 +220,10 @@ def test_registered_pyfunc_model_restores_through_mlflow(checkpoint, tmp_path, m
 
     import hashlib
 
+    from catalog.resources import Resources
+
     direct = Restorer(RestoreConfig(**{**options, "model": str(checkpoint), "sampler": SamplerConfig(num_steps=2),
-                                       "tiling": TilingConfig()}))
+                                       "tiling": TilingConfig(), "resources": Resources(**options["resources"])}))
     expected = direct.restore(Image.open(io.BytesIO(image)).convert("RGB"), hashlib.sha256(image).hexdigest()[:16],
                               "a photo")
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(out["restored"][0]))), np.asarray(expected))
