@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.prior:
         prior = Path(args.prior)
     else:
-        p0 = dataclasses.replace(cfg.prior_train, unet_steps=0, sample_steps=0, progress=False, device=args.device,
+        p0 = dataclasses.replace(cfg.prior_train, unet_steps=0, sample_num_steps=0, progress=False, device=args.device,
                                  num_threads=args.threads, holdout_images=len(held),
                                  **({"vae_steps": args.vae_steps} if args.vae_steps else {}))
         prior = train_prior(p0, ModelConfig(preset="tiny"), [p.read_bytes() for p in train + held],

@@ -181,7 +181,7 @@ def negatives_config(ctx, prior: Optional[str]) -> NegativesConfig:
                           "negatives stage (set model.prior to an SDXL folder, file or hub id, or to 'train')")
     run_degrade = getattr(ctx.cfg, "degrade", None)
     if cfg.like_pairs and run_degrade is not None:  # negatives shaped like the degraded pairs
-        cfg = dataclasses.replace(cfg, degrade=run_degrade, crop_size=run_degrade.gt_size)
+        cfg = dataclasses.replace(cfg, degrade=run_degrade)
     return dataclasses.replace(cfg, prior=source, preset=ctx.cfg.model.preset)
 
 

@@ -394,7 +394,7 @@ def train_loop(cfg: TrainConfig, model_cfg: ModelConfig, session: Session, run=N
 @torch.no_grad()
 def sample_grid(model, cfg: TrainConfig, data: TrainExamples, device: torch.device):
     """LQ | restored | HQ rows for the first ``num_samples`` examples of step 0, with the current
-    weights and the restoration-guided sampler (model/sampler.py) at ``sample_steps`` steps."""
+    weights and the restoration-guided sampler (model/sampler.py) at ``sample_num_steps`` steps."""
 
     from evaluation.grids import make_grid
     from model.colorfix import color_fix
@@ -402,7 +402,7 @@ def sample_grid(model, cfg: TrainConfig, data: TrainExamples, device: torch.devi
 
     batch = data.batch(0).to(device)
     n = min(cfg.num_samples, batch.hq.shape[0])
-    scfg = SamplerConfig(num_steps=cfg.sample_steps)
+    scfg = SamplerConfig(num_steps=cfg.sample_num_steps)
     c = cfg.crop_size
     rows = []
     for i in range(n):

@@ -54,7 +54,9 @@ class TrainConfig:
     """Probability that a sample's caption is replaced by the empty prompt (classifier-free guidance)."""
 
     crop_size: int = 512
-    """Square training crops, pixels (paper: 512); a multiple of 8."""
+    """Square training crops, pixels (paper: 512); a multiple of 8. Not degrade.gt_size under another
+    name: crops are cut from the stored pairs (gt_size a side) and may be smaller (the demo trains
+    stage 2 on 64 px crops of 128 px pairs); with on_the_fly_degradation the LQ is made at this size."""
 
     on_the_fly_degradation: bool = False
     """Degrade each HQ crop anew at every step (the degrade stage's code and config) instead of
@@ -82,7 +84,7 @@ class TrainConfig:
     """Stage 2: log sample restorations (LQ | restored | HQ grid) every this many steps and at the
     last step, as MLflow images under the key ``samples`` (0: off)."""
 
-    sample_steps: int = 20
+    sample_num_steps: int = 20
     """Sampler steps of those sample restorations."""
 
     num_samples: int = 2
@@ -94,7 +96,8 @@ class TrainConfig:
     tasks, or the data never arrives, e.g. 0.5 with 2 workers on 2 CPUs) and their GPUs: 1 trains
     on one GPU per worker (nccl), 0 on CPU workers (gloo)."""
 
-    RENAMED: ClassVar[dict[str, str]] = resource_keys(workers="num_workers", gpus="use_gpu", cpus="cpus_per_worker")
+    RENAMED: ClassVar[dict[str, str]] = {"sample_steps": "sample_num_steps",
+                                         **resource_keys(workers="num_workers", gpus="use_gpu", cpus="cpus_per_worker")}
 
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """ddp, or fsdp: shard the trained parts and their optimizer state (SDXL-size adaptor)."""
@@ -111,7 +114,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         p = f"train.{self.stage}"
         check(self.stage in STAGES, "train.stage", self.stage, "encoder or adaptor")
-        for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "sample_steps",
+        for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "sample_num_steps",
                      "num_samples"):
             check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"{p}.{name}",
                   getattr(self, name), "an integer >= 1")

@@ -146,6 +146,8 @@ class TrainExamples:
 
         from degradations import degrade_pairs, draw_params
 
+        # the degrade stage's section at this stage's crop size (train.crop_size, which may differ from the
+        # pairs' degrade.gt_size), LQ back at the crop size as SUPIR trains
         cfg = replace(self.degrade, gt_size=self.crop_size, lq_resize_to_gt=True)
         params = [draw_params(cfg, f"{pid}:{self.rank}:{step}") for pid in pair_ids]
         target, lq = degrade_pairs(hq, params)  # USM-sharpened target, LQ at the crop size

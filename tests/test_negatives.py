@@ -13,6 +13,7 @@ from prior_fixtures import torch_threads, trained_prior
 
 from catalog.config import ConfigError
 from catalog.lake import conform
+from degradations import DegradeConfig
 from catalog.schemas import pair_id_of
 from model.images import psnr
 from model.prior import PriorModel, load_prior
@@ -53,7 +54,7 @@ def batch(photos):
 
 
 def _cfg(folder, **kw):
-    return NegativesConfig(prior=str(folder), crop_size=CROP, num_steps=10, **kw)
+    return NegativesConfig(prior=str(folder), degrade=DegradeConfig(gt_size=CROP), num_steps=10, **kw)
 
 
 def test_config_checks():
@@ -61,8 +62,8 @@ def test_config_checks():
         NegativesConfig(strength=0.0)
     with pytest.raises(ConfigError, match="negatives.num_steps"):
         NegativesConfig(num_steps=1, strength=0.5)
-    with pytest.raises(ConfigError, match="negatives.crop_size"):
-        NegativesConfig(crop_size=100)
+    with pytest.raises(ConfigError, match="negatives.degrade.gt_size"):
+        NegativesConfig(degrade=DegradeConfig(gt_size=100, scale=4))
     with pytest.raises(ConfigError, match="negatives.prior"):
         NegativeMaker(NegativesConfig())
     assert sdedit_start(30, 0.5) == 15 and sdedit_start(30, 1.0) == 0 and sdedit_start(10, 0.55) == 5
@@ -99,7 +100,7 @@ def test_deterministic_for_a_seed(prior, batch):
     # another batch composition: each pair's noise is its own, so only float rounding of the
     # batched convolutions can differ (at most a few 8-bit levels)
     sub = {k: v[[3, 0]] for k, v in batch.items()}
-    b = NegativeMaker(_cfg(folder, micro_batch=1), prior=p)(sub)
+    b = NegativeMaker(_cfg(folder, batch_size=1), prior=p)(sub)
     for i, j in ((0, 3), (1, 0)):
         x = np.asarray(Image.open(io.BytesIO(b["hq"][i])), dtype=np.int16)
         y = np.asarray(Image.open(io.BytesIO(a["hq"][j])), dtype=np.int16)
@@ -183,8 +184,8 @@ def test_pipeline_prior_and_negatives(tmp_path, photos):
         lake=str(tmp_path / "lake"), tracking=TrackingConfig(experiment="prior-test"),
         ray=RayConfig(num_cpus=2, progress_bars=False), model=ModelConfig(prior="train"),
         prior_train=PriorTrainConfig(vae_steps=3, unet_steps=3, crop_size=32, batch_size=2, eval_crops=2,
-                                     sample_steps=2, num_threads=1, progress=False),
-        negatives=NegativesConfig(crop_size=CROP, num_steps=4, batch_size=2),
+                                     sample_num_steps=2, num_threads=1, progress=False),
+        negatives=NegativesConfig(degrade=DegradeConfig(gt_size=CROP), num_steps=4, rows_per_batch=2),
         split=SplitConfig(heldout_fraction=0.0, min_heldout=0))  # every photo in the train split: stage 0 sees all
     tracker = Tracker(cfg.tracking, cfg.lake)
     ctx = Context(cfg, lake, tracker)

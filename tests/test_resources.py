@@ -46,6 +46,10 @@ def test_no_section_keeps_an_old_resource_name():
     ("restore.actors=2", "restore.resources.workers"),
     ("baselines.num_gpus_per_actor=1", "baselines.resources.gpus_per_worker"),
     ("evaluate.actors=2", "evaluate.resources.workers"),
+    # one name for a number of sampling steps (num_steps), gt_size not copied under another name
+    ("prior_train.sample_steps=4", "prior_train.sample_num_steps"),
+    ("train.adaptor.sample_steps=4", "train.adaptor.sample_num_steps"),
+    ("negatives.crop_size=256", "negatives.degrade.gt_size"),
 ])
 def test_an_old_key_names_its_new_one(old, new):
     with pytest.raises(ConfigError) as e:

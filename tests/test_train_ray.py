@@ -19,10 +19,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 ROOT = Path(__file__).resolve().parents[1]
 # Same settings for the reference run and the killed one (the run name differs, nothing else).
-ENCODER = {"steps": 24, "batch_size": 2, "lr": 2e-3, "crop_size": 64, "num_workers": 2, "checkpoint_every": 8,
-           "cpus_per_worker": 0.5, "progress": False, "seed": 3}
-ADAPTOR = {"steps": 12, "batch_size": 2, "lr": 2e-3, "crop_size": 64, "num_workers": 2, "checkpoint_every": 6,
-           "cpus_per_worker": 0.5, "progress": False, "fixed_batch": True, "sample_every": 6, "sample_steps": 2,
+ENCODER = {"steps": 24, "batch_size": 2, "lr": 2e-3, "crop_size": 64, "checkpoint_every": 8,
+           "resources": {"workers": 2, "cpus_per_worker": 0.5}, "progress": False, "seed": 3}
+ADAPTOR = {"steps": 12, "batch_size": 2, "lr": 2e-3, "crop_size": 64, "checkpoint_every": 6,
+           "resources": {"workers": 2, "cpus_per_worker": 0.5}, "progress": False, "fixed_batch": True, "sample_every": 6, "sample_num_steps": 2,
            "num_samples": 1}
 
 
