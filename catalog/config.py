@@ -172,7 +172,12 @@ def _over_default(f: dataclasses.Field, value: Any) -> Any:
     base = f.default_factory()  # type: ignore[misc]
     if not dataclasses.is_dataclass(base):
         return value
-    return {g.name: getattr(base, g.name) for g in dataclasses.fields(base) if g.init} | dict(value)
+    plain = type(base)()
+    # only what the factory sets differently: a field a class resolves in __post_init__ (a sampler
+    # preset's None values) must stay unset so that the given keys resolve it
+    custom = {g.name: getattr(base, g.name) for g in dataclasses.fields(base)
+              if g.init and getattr(base, g.name) != getattr(plain, g.name)}
+    return custom | dict(value)
 
 
 def to_dict(obj: Any) -> Any:

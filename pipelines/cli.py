@@ -49,17 +49,22 @@ def epilog(stages: Sequence[str] = STAGES) -> str:
     return "\n".join(lines)
 
 
-def parser(description: str, default_config: str = "configs/demo.yaml", stages: Sequence[str] = STAGES
-           ) -> argparse.ArgumentParser:
+def parser(description: str, default_config: str | None = "configs/demo.yaml", stages: Sequence[str] = STAGES,
+           plan: bool = True) -> argparse.ArgumentParser:
+    """The options every entry point shares. ``default_config`` None: no file unless --config gives one
+    (the built-in defaults); ``plan`` False for a command that runs no stage of the DAG."""
     ap = argparse.ArgumentParser(description=description, epilog=epilog(stages),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", "-c", default=str(ROOT / default_config), help="YAML run config (default: %(default)s)")
+    default = str(ROOT / default_config) if default_config else None
+    ap.add_argument("--config", "-c", default=default,
+                    help="YAML run config (default: %s)" % (default or "none: the built-in defaults"))
     ap.add_argument("--print-config", action="store_true",
                     help="print the resolved config (file + overrides), every key with its value; keys that differ "
                          "from the built-in default say so; then exit")
-    ap.add_argument("--plan", action="store_true",
-                    help="print the stages that would run, each one's Ray resources and whether the lake already "
-                         "holds its result; run nothing")
+    if plan:
+        ap.add_argument("--plan", action="store_true",
+                        help="print the stages that would run, each one's Ray resources and whether the lake already "
+                             "holds its result; run nothing")
     ap.add_argument("overrides", nargs="*", help="key.path=value overrides (YAML values), e.g. filter.min_side=512")
     return ap
 

@@ -14,7 +14,7 @@ or with more steps) resumes from the latest one. Worker failures restart the wor
 MLflow: a nested run per stage with loss, lr, grad norm and samples/s per step, sample grids
 (stage 2), the final model (+ its configs) as artifacts under ``model/``, registered as a new
 version of ``train.registered_model`` with aliases ``train.alias`` and the stage name, so that
-``python pipelines/restore.py --model models:/supir@latest ...`` loads it.
+``python pipelines/restore.py restore.model=models:/supir@latest ...`` loads it.
 """
 from __future__ import annotations
 

@@ -31,9 +31,9 @@ EQUIVALENT = {
     "--out checkpoints/supir-v0Q [--register supir@official]":
         "tests/test_sdxl_size.py::test_sdxl_size_convert_and_restore_on_cpu (a random file in the released layout, "
         "the sdxl preset's random prior; --register: tests/test_convert_official.py)",
-    "python pipelines/restore.py --model checkpoints/supir-v0Q --input photos/ --output restored/ --sampler-preset "
-    "released [--upscale 2] [--prior /models/sd_xl_base_1.0_0.9vae.safetensors]":
-        "tests/test_sdxl_size.py::test_sdxl_size_convert_and_restore_on_cpu (2 steps, --min-size 128, bf16 on CPU)",
+    "python pipelines/restore.py --input photos/ --output restored/ restore.model=checkpoints/supir-v0Q "
+    "restore.sampler.preset=released [restore.upscale=2] [restore.prior=/models/sd_xl_base_1.0_0.9vae.safetensors]":
+        "tests/test_sdxl_size.py::test_sdxl_size_convert_and_restore_on_cpu (2 steps, restore.min_size=128, bf16 on CPU)",
 }
 # commands no test can run here, and why
 NOT_RUN = {
