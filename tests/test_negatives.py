@@ -164,8 +164,8 @@ def test_pipeline_prior_and_negatives(tmp_path, photos):
     from catalog.tracking import Tracker, TrackingConfig
     from model.config import ModelConfig
     from pipelines.common import Context, init_ray
-    from pipelines.config import RayConfig
-    from pipelines.prior import PriorRunConfig, run_negatives, run_prior
+    from pipelines.config import RayConfig, RunConfig
+    from pipelines.prior import run_negatives, run_prior
     from stages.degrade import DegradeConfig, Degrader
     from stages.prior_train import read_stage0
     from stages.prior_train_config import PriorTrainConfig
@@ -180,12 +180,13 @@ def test_pipeline_prior_and_negatives(tmp_path, photos):
     degraded = Degrader(DegradeConfig(gt_size=64))({"image_id": _objects(ids[:2]), "bytes": _objects(data[:2])})
     lake.write_part("pairs/degraded", pa.table({k: list(v) for k, v in degraded.items()}))
 
-    cfg = PriorRunConfig(
+    cfg = RunConfig(
         lake=str(tmp_path / "lake"), tracking=TrackingConfig(experiment="prior-test"),
+        degrade=DegradeConfig(gt_size=CROP),  # the negatives take the run's degrade section (like_pairs)
         ray=RayConfig(num_cpus=2, progress_bars=False), model=ModelConfig(prior="train"),
         prior_train=PriorTrainConfig(vae_steps=3, unet_steps=3, crop_size=32, batch_size=2, eval_crops=2,
                                      sample_num_steps=2, num_threads=1, progress=False),
-        negatives=NegativesConfig(degrade=DegradeConfig(gt_size=CROP), num_steps=4, rows_per_batch=2),
+        negatives=NegativesConfig(num_steps=4, rows_per_batch=2),
         split=SplitConfig(heldout_fraction=0.0, min_heldout=0))  # every photo in the train split: stage 0 sees all
     tracker = Tracker(cfg.tracking, cfg.lake)
     ctx = Context(cfg, lake, tracker)
@@ -215,11 +216,17 @@ def test_pipeline_prior_and_negatives(tmp_path, photos):
     assert any(a.path == "negatives_grid.png" for r in runs for a in client.list_artifacts(r.info.run_id))
 
 
-def test_cli_config_reads_its_sections_of_a_run_config():
-    from pipelines.prior import ROOT_DEMO, PriorRunConfig, load_prior_config
+def test_cli_is_the_run_config_limited_to_prior_and_negatives(capsys):
+    """pipelines/prior.py is full.py's runner over its two stages: the whole run config, checked whole."""
+    from pipelines.full import main
+    from pipelines.prior import GROUP
 
-    cfg = load_prior_config(str(ROOT_DEMO), ["prior_train.vae_steps=5", "model.prior=train", "negatives.seed=3"])
-    assert isinstance(cfg, PriorRunConfig) and cfg.prior_train.vae_steps == 5 and cfg.negatives.seed == 3
-    assert cfg.ray.num_cpus == 2  # the demo's ray section
-    with pytest.raises(ConfigError, match="negatives.strenght"):
-        load_prior_config(str(ROOT_DEMO), ["negatives.strenght=0.5"])
+    demo = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    assert main(["--config", demo, "--plan", "lake=/nonexistent-lake"], only=GROUP) == 0
+    plan = capsys.readouterr().out.split("stages (")[1]
+    assert [line.strip() for line in plan.splitlines()[1:] if line.startswith("  ") and line[2] != " "] == list(GROUP)
+    assert main(["--config", demo, "--plan", "negatives.strenght=0.5"], only=GROUP) == 2
+    assert "negatives.strenght" in capsys.readouterr().err
+    assert main(["--config", demo, "--print-config", "stages=[prior]"], only=GROUP) == 0
+    out = capsys.readouterr().out
+    assert "\nstages: [prior]" in out and "\ndegrade:" in out  # every section: negatives follow its degrade
