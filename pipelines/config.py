@@ -103,7 +103,7 @@ def _on_gpu(device: str, gpus: float) -> bool:
 def check_full_scale(cfg) -> None:
     """With ``require_gpus: true``, the checks that no configured stage runs tiny or on the CPU.
 
-    ``cfg`` is a RunConfig, or pipelines/train.py's TrainRunConfig (only model and train there)."""
+    ``cfg`` is a RunConfig."""
     stages = set(getattr(cfg, "stages", None) or STAGES)
     model = cfg.model
     why = "(require_gpus: true refuses a run that would fall back to the tiny preset or the CPU)"

@@ -14,7 +14,7 @@ README = (ROOT / "README.md").read_text()
 
 # commands run by a named test, verbatim (the test file must contain the command's text)
 VERBATIM = {
-    "python pipelines/train.py -c configs/sdxl.yaml --stage all":
+    "python pipelines/train.py -c configs/sdxl.yaml":
         "tests/test_cli.py::test_readme_sdxl_train_command_refuses_without_gpus",
 }
 # commands a test runs in an equivalent form (what differs is said)

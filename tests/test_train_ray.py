@@ -34,8 +34,7 @@ def ctx(tmp_path_factory):
     from catalog.config import from_dict
     from catalog.tracking import Tracker
     from pipelines.common import Context, init_ray
-    from pipelines.config import RayConfig
-    from pipelines.train import TrainRunConfig
+    from pipelines.config import RayConfig, RunConfig
     from stages.train import TrainSection
 
     root = tmp_path_factory.mktemp("train")
@@ -48,7 +47,7 @@ def ctx(tmp_path_factory):
              runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"], "HF_HUB_OFFLINE": "1"}})
     init_ray(ray_cfg)
     section = from_dict(TrainSection, {"name": "ref", "encoder": ENCODER, "adaptor": ADAPTOR}, prefix="train")
-    cfg = TrainRunConfig(lake=str(root / "lake"), ray=ray_cfg, train=section)
+    cfg = RunConfig(lake=str(root / "lake"), ray=ray_cfg, train=section)
     tracker = Tracker(cfg.tracking, cfg.lake)
     with tracker.pipeline("train-tests", {}):
         yield Context(cfg, lake, tracker)
@@ -127,7 +126,7 @@ def test_sigkill_then_rerun_resumes_at_the_next_step(ctx, encoder_run, tmp_path)
     config.write_text(yaml.safe_dump({"lake": ctx.cfg.lake, "ray": {"progress_bars": False},
                                       "train": {"name": "killed", "encoder": ENCODER}}))
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "pipelines/train.py", "--config", str(config), "--stage", "encoder"]
+    cmd = [sys.executable, "pipelines/train.py", "--config", str(config), "stages=[train_encoder]"]
     # Ray Train lists the checkpoints it has registered in this snapshot; a rerun resumes from its latest
     snapshot = Path(ctx.cfg.lake) / "train" / "killed-encoder" / "checkpoint_manager_snapshot.json"
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
