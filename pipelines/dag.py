@@ -1,10 +1,12 @@
 """The stages of the pipeline, written once: name, runner, the lake tables each reads and writes, its
-config section, its code root (the cache key's code digest). pipelines/cli.py (``STAGES``, the config's ``stages`` list), pipelines/full.py (what
-runs) and pipelines/plan.py (what ``--plan`` reads) derive from :data:`STAGE_TABLE`.
+config section, its code root (the module whose source is its cache key's code digest).
+pipelines/cli.py (``STAGES``, the config's ``stages`` list), pipelines/full.py (what runs), the
+pipelines' cache keys and pipelines/plan.py (what ``--plan`` reads) derive from :data:`STAGE_TABLE`.
 
 To add a stage: a row here (in DAG order), its runner, its config section in pipelines/config.py
-RunConfig and pipelines/cli.py SECTIONS, its Ray resources in pipelines/plan.py ``resources``, and the
-name in cli.DAG's drawing; tests/test_dag.py fails while one of these is missing.
+RunConfig (with a ``resources:`` field when it runs on Ray) and pipelines/cli.py SECTIONS, its Ray
+resources in pipelines/plan.py ``resources``, and the name in cli.DAG's drawing; tests/test_dag.py
+fails while one of these is missing.
 
 Imports only the standard library at module level: ``--help`` must not wait for torch and Ray. Each
 runner imports its pipeline module when it runs.
