@@ -219,11 +219,11 @@ def load_checkpoint(checkpoint_dir: Optional[str], model, cfg: TrainConfig) -> d
 
     d = Path(checkpoint_dir)
     state = json.loads((d / "state.json").read_text())
-    saved = TrainConfig(**{**to_dict(cfg), **state["config"], "betas": tuple(state["config"]["betas"])})
-    if saved.resume_key() != cfg.resume_key():
+    saved = cfg.resume_key(state["config"])
+    if saved != cfg.resume_key():
         from catalog.config import ConfigError
 
-        raise ConfigError(f"checkpoint {d} was written with {saved.resume_key()}, this run has {cfg.resume_key()}: "
+        raise ConfigError(f"checkpoint {d} was written with {saved}, this run has {cfg.resume_key()}: "
                           "use another train.name for a different run")
     load_parts(model, d / "model")
     state["optimizer"] = torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal, Mapping, Optional
 
-from catalog.config import check
+from catalog.config import check, to_dict
 from catalog.resources import Resources, resource_keys
 
 STAGES = ("encoder", "adaptor")
@@ -147,10 +147,16 @@ class TrainConfig:
             return self.lr * (step + 1) / self.warmup_steps
         return self.lr
 
-    def resume_key(self) -> dict[str, Any]:
-        """Fields a resumed run must share with its checkpoint (the rest may change, e.g. steps)."""
-        return {k: getattr(self, k) for k in ("stage", "batch_size", "crop_size", "seed", "fixed_batch",
-                                              "on_the_fly_degradation")} | {"num_workers": self.resources.workers}
+    def resume_key(self, recorded: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+        """Fields a resumed run must share with its checkpoint (the rest may change, e.g. steps).
+
+        ``recorded``: the key of a checkpoint's recorded config instead (``to_dict`` of a TrainConfig;
+        fields it lacks are this one's; one written before ``resources:`` has ``num_workers``)."""
+        recorded = dict(recorded or {})
+        d = to_dict(self) | recorded
+        workers = recorded["num_workers"] if "num_workers" in recorded else d["resources"]["workers"]
+        return {k: d[k] for k in ("stage", "batch_size", "crop_size", "seed", "fixed_batch",
+                                  "on_the_fly_degradation")} | {"num_workers": workers}
 
 
 @dataclass

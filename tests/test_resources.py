@@ -90,3 +90,17 @@ def test_only_pipelines_read_resources(tmp_path):
     (tmp_path / "stages").mkdir()
     (tmp_path / "stages" / "x.py").write_text("def f(cfg):\n    return cfg.resources.workers\n")
     assert resource_reads(tmp_path / "stages") == ["stages/x.py:2"]
+
+
+def test_a_checkpoint_from_before_resources_still_resumes():
+    """A checkpoint records its TrainConfig; one written with the old keys (num_workers at the top)
+    has the same resume key as this run when its workers match, and another when they differ."""
+    from catalog.config import to_dict
+    from stages.train_config import TrainConfig
+
+    cfg = TrainConfig(resources=Resources(workers=2))
+    old = {k: v for k, v in to_dict(cfg).items() if k != "resources"} | {
+        "num_workers": 2, "use_gpu": False, "cpus_per_worker": 1.0, "sample_steps": 20}
+    assert cfg.resume_key(old) == cfg.resume_key()
+    assert cfg.resume_key(old | {"num_workers": 1}) != cfg.resume_key()
+    assert cfg.resume_key(to_dict(TrainConfig(resources=Resources(workers=1)))) != cfg.resume_key()
