@@ -46,15 +46,15 @@ class Stage:
     keeps no manifest of its own (prior: cached in <lake>/priors/; ablations: one partition of
     restorations per row, each with its own record)."""
 
-    code: str
-    """The stage's code root: the module whose source, with every project module it imports, is the
-    code part of the stage's cache key (:meth:`code_digest`; the pipeline and ``--plan`` both use it)."""
+    code: tuple[str, ...]
+    """The stage's code roots: the modules whose source, with every project module they import, is
+    the code part of the stage's cache key (:meth:`code_digest`; the pipeline and ``--plan`` both use it)."""
 
     def code_digest(self) -> str:
         """catalog.lake.code_digest of :attr:`code`: what the stage's manifest records as its code."""
         from catalog.lake import code_digest
 
-        return code_digest(self.code)
+        return code_digest(*self.code)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,22 +169,22 @@ def _evaluate(ctx) -> dict:
 # the table, in DAG order
 
 STAGE_TABLE: tuple[Stage, ...] = (
-    Stage("crawl", _crawl, "crawl", (layout.SOURCES,), layout.IMAGES, "stages.crawl"),
-    Stage("filter", _filter, "filter", (layout.IMAGES,), layout.FILTERED, "stages.filter"),
-    Stage("caption", _caption, "caption", (layout.FILTERED, layout.IMAGES), layout.CAPTIONS, "stages.caption"),
-    Stage("degrade", _degrade, "degrade", (layout.FILTERED, layout.IMAGES), layout.DEGRADED, "stages.degrade"),
+    Stage("crawl", _crawl, "crawl", (layout.SOURCES,), layout.IMAGES, ("stages.crawl",)),
+    Stage("filter", _filter, "filter", (layout.IMAGES,), layout.FILTERED, ("stages.filter",)),
+    Stage("caption", _caption, "caption", (layout.FILTERED, layout.IMAGES), layout.CAPTIONS, ("stages.caption",)),
+    Stage("degrade", _degrade, "degrade", (layout.FILTERED, layout.IMAGES), layout.DEGRADED, ("stages.degrade",)),
     Stage("prior", run_prior, "prior_train", (layout.FILTERED, layout.IMAGES, layout.CAPTIONS), None,
-          "stages.prior_train"),
+          ("stages.prior_train",)),
     Stage("negatives", _negatives, "negatives", (layout.FILTERED, layout.IMAGES, layout.DEGRADED), layout.NEGATIVES,
-          "stages.negatives"),
+          ("stages.negatives",)),
     Stage("train_encoder", lambda ctx: run_train(ctx, "encoder"), "train", (layout.PAIRS, layout.CAPTIONS),
-          layout.stage_record("train_encoder"), "stages.train"),
+          layout.stage_record("train_encoder"), ("stages.train",)),
     Stage("train_adaptor", lambda ctx: run_train(ctx, "adaptor"), "train", (layout.PAIRS, layout.CAPTIONS),
-          layout.stage_record("train_adaptor"), "stages.train"),
-    Stage("restore", _restore, "restore", (layout.PAIRS,), layout.RESTORATIONS, "stages.restore"),
-    Stage("ablations", _ablations, "ablations", (layout.PAIRS,), None, "stages.ablations"),
-    Stage("baselines", _baselines, "baselines", (layout.PAIRS,), layout.BASELINES, "evaluation.baselines"),
+          layout.stage_record("train_adaptor"), ("stages.train",)),
+    Stage("restore", _restore, "restore", (layout.PAIRS,), layout.RESTORATIONS, ("stages.restore",)),
+    Stage("ablations", _ablations, "ablations", (layout.PAIRS,), None, ("stages.ablations",)),
+    Stage("baselines", _baselines, "baselines", (layout.PAIRS,), layout.BASELINES, ("evaluation.baselines",)),
     Stage("evaluate", _evaluate, "evaluate", (layout.PAIRS, layout.RESTORATIONS, layout.BASELINES), layout.METRICS,
-          "stages.evaluate"),
+          ("stages.evaluate",)),
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGE_TABLE}

@@ -27,7 +27,7 @@ def checkout(tmp_path) -> Path:
 
 
 def _digests(root: Path) -> dict[str, str]:
-    return {stage: code_digest(mod, root=root) for stage, mod in STAGE_ROOTS.items()}
+    return {stage: code_digest(*mods, root=root) for stage, mods in STAGE_ROOTS.items()}
 
 
 def _closure(mod: str, root: Path = ROOT) -> set[str]:
