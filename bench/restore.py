@@ -6,8 +6,8 @@
 - ``tiny_cpu``: the tiny preset (random weights), one image of --tiny-size px, --tiny-steps steps,
   on the CPU in float32. Seconds per image include the VAE passes; seconds per step are the
   sampler loop alone (CFG: both prompts in one batch of 2).
-- ``tiny_cpu_256_to_1024``: issue 15's case, what ``pipelines/restore.py --upscale 4 --min-size 1024
-  --steps 10`` does with the demo model: a 256 px photo restored to 1024 px (256x256 latents), with
+- ``tiny_cpu_256_to_1024``: issue 15's case, what ``pipelines/restore.py restore.upscale=4 restore.min_size=1024
+  restore.sampler.num_steps=10`` does with the demo model: a 256 px photo restored to 1024 px (256x256 latents), with
   the default 128-latent sampling tiles (9 tiles a step) and with ``tiling.tile_size=256`` (one tile;
   SDXL's default tile is 1024 px of image, the tiny VAE's 4x latents make that 256). Also the CPU
   seconds of the process and the load average, since a shared machine slows wall time.

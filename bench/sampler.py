@@ -44,14 +44,14 @@ PASS_THROUGH = ("vae", "stage1")
 
 
 def heldout_rows(lake, cfg) -> list[dict]:
+    from catalog.captions import caption_map, fill_missing
     from stages.split import SplitConfig, assign_split, heldout_ids
 
     kept = [r["image_id"] for r in lake.read("filtered", columns=["image_id", "keep"]).to_pylist() if r["keep"]]
-    from pipelines.common import caption_map
-
     held = set(heldout_ids(assign_split(kept, getattr(cfg, "split", None) or SplitConfig())))
-    captions = caption_map(lake)  # as the restore stage does: degraded pairs carry no caption of their own
-    return [{**r, "caption": r.get("caption") or captions.get(r["image_id"])} for r in lake.read("pairs").to_pylist()
+    # as the restore stage joins them: degraded pairs carry no caption of their own
+    pairs = fill_missing(lake.read("pairs"), "caption", "image_id", caption_map(lake))
+    return [r for r in pairs.to_pylist()
             if r["image_id"] in held and r["kind"] == "degraded" and r["status"] == "ok"]
 
 

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.prior:
         prior = Path(args.prior)
     else:
-        p0 = dataclasses.replace(cfg.prior_train, unet_steps=0, sample_steps=0, progress=False, device=args.device,
+        p0 = dataclasses.replace(cfg.prior_train, unet_steps=0, sample_num_steps=0, progress=False, device=args.device,
                                  num_threads=args.threads, holdout_images=len(held),
                                  **({"vae_steps": args.vae_steps} if args.vae_steps else {}))
         prior = train_prior(p0, ModelConfig(preset="tiny"), [p.read_bytes() for p in train + held],
@@ -96,12 +96,13 @@ def main(argv: list[str] | None = None) -> dict:
     enc = cfg.train.encoder
     overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size)) if v}
     enc = dataclasses.replace(enc, **overrides, checkpoint_every=args.eval_every, keep_checkpoints=10**6,
-                              progress=True, use_gpu=args.device.startswith("cuda"))
+                              progress=True)
     # pairs made with the run's degrade section, so --set degrade.* takes effect
     train_rows = make_pairs(train, variants=cfg.degrade.variants_per_image, degrade=cfg.degrade).to_pylist()
     model_cfg = ModelConfig(preset="tiny", prior=str(prior))
     t1 = time.perf_counter()
-    train_loop(enc, model_cfg, LocalSession(train_rows, out / "stage1", keep=10**6))
+    train_loop(enc, model_cfg, LocalSession(train_rows, out / "stage1", keep=10**6),
+               use_gpu=args.device.startswith("cuda"), num_threads=max(1, int(enc.resources.cpus_per_worker)))
     result["stage1"] = {"steps": enc.steps, "lr": enc.lr, "batch_size": enc.batch_size, "crop_size": enc.crop_size,
                         "train_pairs": len(train_rows), "seconds": round(time.perf_counter() - t1, 1)}
 

@@ -33,8 +33,8 @@ def cpu_throughput(stages, workers, steps: int, crop: int, batch_size: int) -> l
     from catalog.config import from_dict
     from catalog.tracking import Tracker
     from pipelines.common import Context
-    from pipelines.config import RayConfig
-    from pipelines.train import TrainRunConfig, run_train
+    from pipelines.config import RayConfig, RunConfig
+    from pipelines.train import run_train
     from stages.train import TrainSection
     from tests.support.train_helpers import make_lake, sample_photos
 
@@ -47,12 +47,12 @@ def cpu_throughput(stages, workers, steps: int, crop: int, batch_size: int) -> l
     try:
         for n in workers:
             for stage in stages:
-                common = {"steps": steps, "batch_size": batch_size, "crop_size": crop, "num_workers": n,
-                          "checkpoint_every": steps, "cpus_per_worker": min(1.0, (cpus - 1) / n), "progress": False,
+                common = {"steps": steps, "batch_size": batch_size, "crop_size": crop, "checkpoint_every": steps,
+                          "resources": {"workers": n, "cpus_per_worker": min(1.0, (cpus - 1) / n)}, "progress": False,
                           "lr": 1e-4}
                 section = from_dict(TrainSection, {"name": f"bench-{n}", "registered_model": "",
                                                    "encoder": common, "adaptor": common}, prefix="train")
-                cfg = TrainRunConfig(lake=str(root / "lake"), ray=RayConfig(num_cpus=cpus), train=section)
+                cfg = RunConfig(lake=str(root / "lake"), ray=RayConfig(num_cpus=cpus), train=section)
                 tracker = Tracker(cfg.tracking, cfg.lake)
                 with tracker.pipeline("bench", {}):
                     t0 = time.time()

@@ -3,7 +3,8 @@
 Every section of a run config is a plain ``@dataclass`` whose fields carry a type hint and a
 default. :func:`from_dict` builds one from a mapping and refuses, before any work starts:
 
-- a key that is not a field (naming the key, the section and the fields that exist),
+- a key that is not a field (naming the key, the section and the fields that exist), or a key
+  the section renamed (its ``RENAMED`` class attribute: old key -> new dotted path; the error names both),
 - a value of the wrong type (naming the key, the value and the type that is allowed),
 - a value outside a ``Literal[...]`` (naming the choices),
 
@@ -138,6 +139,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
+    renamed = getattr(cls, "RENAMED", {})  # old key -> its new dotted path in this section
+    for old in unknown:
+        if old in renamed:
+            name = ".".join(filter(None, [prefix, old]))
+            new = ".".join(filter(None, [prefix, renamed[old]]))
+            raise ConfigError(f"{name!r} was renamed: set {new!r} instead (README \"Configuration\" lists every key)")
     if unknown:
         where = prefix or cls.__name__
         raise ConfigError(
@@ -147,13 +154,30 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(hints[name], value, key)
+        kwargs[name] = _coerce(hints[name], _over_default(fields[name], value), key)
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{prefix or cls.__name__}: {e}") from e
+
+
+def _over_default(f: dataclasses.Field, value: Any) -> Any:
+    """A mapping given for a nested section whose default is built with other values than its class's
+    (``resources: Resources = field(default_factory=lambda: Resources(gpus_per_worker=1.0))``): the
+    keys it sets over that default, so ``restore.resources.workers=8`` keeps restore's GPU per worker."""
+    if not isinstance(value, Mapping) or f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+        return value
+    base = f.default_factory()  # type: ignore[misc]
+    if not dataclasses.is_dataclass(base):
+        return value
+    plain = type(base)()
+    # only what the factory sets differently: a field a class resolves in __post_init__ (a sampler
+    # preset's None values) must stay unset so that the given keys resolve it
+    custom = {g.name: getattr(base, g.name) for g in dataclasses.fields(base)
+              if g.init and getattr(base, g.name) != getattr(plain, g.name)}
+    return custom | dict(value)
 
 
 def to_dict(obj: Any) -> Any:

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from catalog.config import check, check_prob, check_range
+from catalog.resources import Resources, resource_keys
 
 from degradations.kernels import GAUSSIAN_TYPES
 from degradations.recipes import RECIPES
@@ -165,10 +167,12 @@ class DegradeConfig:
     scale: int = 4
     # SUPIR mode: resize the LQ back to gt_size (bicubic) so LQ and HQ have the same size
     lq_resize_to_gt: bool = False
-    # images per batch handed to one Degrader call (the pipeline's Ray batch size)
+    # images handed to one Degrader call (one Ray batch, one lake part)
     batch_size: int = 8
-    # Degrader actors in the Ray actor pool (at most); each uses one CPU
-    workers: int = 2
+    # Degrader actors (read by pipelines/ only)
+    resources: Resources = field(default_factory=lambda: Resources(workers=2))
+
+    RENAMED: ClassVar[dict[str, str]] = resource_keys(workers="workers")
 
     # --- GT unsharp masking (Real-ESRGAN's USMSharp; the HQ target and the input of degradation)
     usm_sharpen_gt: bool = True
@@ -195,7 +199,7 @@ class DegradeConfig:
         check(self.seed >= 0, f"{p}.seed", self.seed, "an integer >= 0")
         check(self.variants_per_image >= 1, f"{p}.variants_per_image", self.variants_per_image, "an integer >= 1")
         check(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, "an integer >= 1")
-        check(self.workers >= 1, f"{p}.workers", self.workers, "an integer >= 1")
+        self.resources.check(p)
         check(self.scale in (1, 2, 4, 8), f"{p}.scale", self.scale, "one of 1, 2, 4, 8")
         check(
             self.gt_size >= 16 and self.gt_size % max(self.scale, 4) == 0,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from PIL import Image
 
 from catalog import codec
 from catalog.batches import numpy_batch
+from catalog.resources import Resources, resource_keys
 from catalog.config import check, digest
 from catalog.schemas import RESTORATIONS
 from model.devices import resolve_device
@@ -50,12 +51,12 @@ class BaselineConfig:
     device: str = "auto"
     # float16 on a GPU (Real-ESRGAN's default); float32 on the CPU always
     half: bool = True
-    # rows per Ray batch
+    # rows handed to one Baseliner call (one Ray batch)
     batch_size: int = 4
-    # Baseliner actors (one Real-ESRGAN model each)
-    actors: int = 1
-    # GPUs per actor when the cluster has GPUs
-    num_gpus_per_actor: float = 1.0
+    # Baseliner actors (one Real-ESRGAN model each) and their GPUs when the cluster has GPUs
+    resources: Resources = field(default_factory=lambda: Resources(gpus_per_worker=1.0))
+
+    RENAMED: ClassVar[dict[str, str]] = resource_keys(workers="actors", gpus="num_gpus_per_actor")
 
     def __post_init__(self):
         check(len(self.methods) > 0 and all(m in METHODS for m in self.methods), "baselines.methods", self.methods,
@@ -66,8 +67,8 @@ class BaselineConfig:
         dev = self.device
         check(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
               "baselines.device", dev, "auto, cpu, cuda or cuda:N")
-        check(self.batch_size >= 1 and self.actors >= 1, "baselines.batch_size", self.batch_size,
-              "batch_size >= 1 and actors >= 1")
+        check(self.batch_size >= 1, "baselines.batch_size", self.batch_size, "an integer >= 1")
+        self.resources.check("baselines")
 
     def params(self, method: str) -> dict[str, Any]:
         if method == "bicubic":

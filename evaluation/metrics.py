@@ -46,12 +46,13 @@ import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, ClassVar, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
 from catalog.config import check
+from catalog.resources import Resources, resource_keys
 from evaluation.safe_load import TorchScriptRefused, WeightsTampered, guarded_loads
 
 log = logging.getLogger(__name__)
@@ -92,10 +93,10 @@ class EvalConfig:
     batch_size: int = 4
     # rows per Ray batch handed to one Evaluator call
     rows_per_batch: int = 16
-    # Evaluator actors (one set of metric models each)
-    actors: int = 1
-    # GPUs per actor when the cluster has GPUs
-    num_gpus_per_actor: float = 1.0
+    # Evaluator actors (one set of metric models each) and their GPUs when the cluster has GPUs
+    resources: Resources = field(default_factory=lambda: Resources(gpus_per_worker=1.0))
+
+    RENAMED: ClassVar[dict[str, str]] = resource_keys(workers="actors", gpus="num_gpus_per_actor")
     # sample rows in the report's grid (LQ | bicubic | Real-ESRGAN | ours | HQ)
     grid_rows: int = 4
 
@@ -108,8 +109,7 @@ class EvalConfig:
               "evaluate.device", dev, "auto, cpu, cuda or cuda:N")
         check(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, "an integer >= 1")
         check(self.rows_per_batch >= 1, "evaluate.rows_per_batch", self.rows_per_batch, "an integer >= 1")
-        check(self.actors >= 1, "evaluate.actors", self.actors, "an integer >= 1")
-        check(self.num_gpus_per_actor >= 0, "evaluate.num_gpus_per_actor", self.num_gpus_per_actor, "a number >= 0")
+        self.resources.check("evaluate")
         check(self.grid_rows >= 0, "evaluate.grid_rows", self.grid_rows, "an integer >= 0")
 
 

@@ -279,7 +279,7 @@ def convert(supir: str | Path, out: str | Path, sdxl: Optional[str] = None, pres
 def register(folder: str | Path, name_alias: str, tracking_uri: str = "", lake: str = "lake",
              experiment: str = "supir") -> str:
     """Log ``folder`` as a run's ``model/`` artifacts and register it as ``name@alias``; returns
-    the model URI (what ``pipelines/restore.py --model`` takes)."""
+    the model URI (what ``pipelines/restore.py restore.model=...`` takes)."""
     from catalog.registry import publish
     from catalog.tracking import Tracker, TrackingConfig
 

@@ -72,7 +72,7 @@ class SamplerConfig:
     sigma, restoration guidance tau_r 4, s_noise 1.003, size conditioning from the image) or
     ``released`` (the released inference script, what the SUPIR-v0Q/v0F weights expect: sigma
     snapped to the training sigmas, restoration guidance off, s_noise 1.01, size conditioning
-    fixed at 1024). pipelines/restore.py ``--sampler-preset``; configs/sdxl.yaml: released."""
+    fixed at 1024). pipelines/restore.py ``restore.sampler.preset=released``; configs/sdxl.yaml: released."""
 
     sigma_snap: Optional[bool] = None
     """Snap sigma to the nearest of the 1000 training sigmas inside the denoiser (sgm's

@@ -15,8 +15,9 @@ import logging
 import pyarrow.compute as pc
 
 from catalog import layout
-from catalog.lake import code_digest
-from pipelines.common import Context, caption_map, data_split, gpus_if_available, run_stage
+from catalog.captions import caption_map
+from pipelines.common import Context, data_split, run_stage
+from pipelines.dag import BY_NAME
 from stages.ablations import AblationConfig, ablation_runs, stage_class
 from stages.restore import RestoreConfig
 
@@ -52,13 +53,12 @@ def run_ablations(ctx: Context, restore: RestoreConfig, cfg: AblationConfig | No
             table=layout.partition(layout.RESTORATIONS, run.restore.resolved_run_id()),
             inputs=[layout.PAIRS, layout.CAPTIONS] if captions else [layout.PAIRS],
             section=run,
-            code=code_digest("stages.ablations"),
+            code=BY_NAME["ablations"].code_digest(),
             input_table=layout.DEGRADED,
             key="pair_id",
             fn=stage_class(run),
             batch_size=run.restore.batch_size,
-            actors=run.restore.actors,
-            num_gpus=gpus_if_available(run.restore.num_gpus_per_actor),
+            resources=run.restore.resources,
             columns=["pair_id", "image_id", "lq", "hq", "caption", "scale", "status"],
             where=("status", "ok"),
             allow=allow,

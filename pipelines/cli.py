@@ -21,16 +21,16 @@ SECTIONS = {
     "lake": "lake root: a local folder or a pyarrow filesystem URI (s3://bucket/prefix)",
     "stages": "which stages run, in DAG order",
     "tracking": "MLflow: uri, experiment, run_name, enabled",
-    "ray": "address, num_cpus, progress_bars",
+    "ray": "address, num_cpus, progress_bars (a stage's own Ray resources: <section>.resources)",
     "crawl": "sources, download threads, timeouts, retries, byte and pixel caps, User-Agent, opt-outs",
     "filter": "min_side, max_aspect, sharpness, pyiqa gates, near-duplicate distance",
-    "caption": "captioner (llava | alt-text), model, prompt, decoding, actors and GPUs",
+    "caption": "captioner (llava | alt-text), model, prompt, decoding, resources (workers, GPUs)",
     "degrade": "Real-ESRGAN / BSRGAN degradation parameters, gt_size, scale, variants",
     "model": "preset (tiny | sdxl), prior (folder, file, hub id or 'train'), adaptor depth",
     "prior_train": "stage 0 (tiny prior only): VAE and UNet steps",
     "negatives": "negative-quality samples of the prior (SDEdit)",
-    "train": "stage 1 (encoder) and stage 2 (adaptor): steps, batch, lr, workers, GPUs, registered model",
-    "restore": "the model to restore with, sampler settings, tiling, actors and GPUs",
+    "train": "stage 1 (encoder) and stage 2 (adaptor): steps, batch, lr, resources, registered model",
+    "restore": "the model to restore with, sampler settings, tiling, resources (workers, GPUs)",
     "baselines": "bicubic and Real-ESRGAN x4plus",
     "evaluate": "pyiqa metrics, weights folder, device",
     "split": "the held-out photos no training stage sees: fraction, minimum count, seed",
@@ -49,17 +49,22 @@ def epilog(stages: Sequence[str] = STAGES) -> str:
     return "\n".join(lines)
 
 
-def parser(description: str, default_config: str = "configs/demo.yaml", stages: Sequence[str] = STAGES
-           ) -> argparse.ArgumentParser:
+def parser(description: str, default_config: str | None = "configs/demo.yaml", stages: Sequence[str] = STAGES,
+           plan: bool = True) -> argparse.ArgumentParser:
+    """The options every entry point shares. ``default_config`` None: no file unless --config gives one
+    (the built-in defaults); ``plan`` False for a command that runs no stage of the DAG."""
     ap = argparse.ArgumentParser(description=description, epilog=epilog(stages),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", "-c", default=str(ROOT / default_config), help="YAML run config (default: %(default)s)")
+    default = str(ROOT / default_config) if default_config else None
+    ap.add_argument("--config", "-c", default=default,
+                    help="YAML run config (default: %s)" % (default or "none: the built-in defaults"))
     ap.add_argument("--print-config", action="store_true",
                     help="print the resolved config (file + overrides), every key with its value; keys that differ "
                          "from the built-in default say so; then exit")
-    ap.add_argument("--plan", action="store_true",
-                    help="print the stages that would run, each one's Ray resources and whether the lake already "
-                         "holds its result; run nothing")
+    if plan:
+        ap.add_argument("--plan", action="store_true",
+                        help="print the stages that would run, each one's Ray resources and whether the lake already "
+                             "holds its result; run nothing")
     ap.add_argument("overrides", nargs="*", help="key.path=value overrides (YAML values), e.g. filter.min_side=512")
     return ap
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalog import layout
+from catalog.captions import fill_missing
 from catalog.config import digest, to_dict
 from catalog.lake import Lake, StageSpec
 from catalog.tracking import RunRef, Tracker
@@ -61,6 +62,18 @@ def gpus_if_available(num_gpus: float) -> float:
     import ray
 
     return num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
+
+
+def actor_pool(resources, gpu: bool = True) -> dict[str, Any]:
+    """``map_batches`` options of a stage's actor pool from its ``resources`` section (catalog/resources.py):
+    up to ``workers`` actors of ``cpus_per_worker`` CPUs and, when ``gpu`` and the cluster has GPUs,
+    ``gpus_per_worker`` GPUs each. ``gpu=False``: the stage's work needs none (the alt-text
+    captioner, a filter without IQA gates)."""
+    from ray.data import ActorPoolStrategy
+
+    return {"compute": ActorPoolStrategy(min_size=1, max_size=resources.workers),
+            "num_gpus": gpus_if_available(resources.gpus_per_worker) if gpu else 0,
+            "num_cpus": resources.cpus_per_worker, **ACTOR_OPTIONS}
 
 
 def init_ray(ray_cfg, **local_options: Any) -> None:
@@ -176,26 +189,6 @@ class ReadPending:
         return block
 
 
-def fill_missing(block: pa.Table, column: str, by: str, values: dict, default: Optional[str] = None) -> pa.Table:
-    """``block`` with each row's missing or blank string ``column`` taken from ``values[row[by]]``
-    (else ``default``); the column is added when the block has none."""
-    have = block.column(column).to_pylist() if column in block.column_names else [None] * block.num_rows
-    filled = pa.array([h if isinstance(h, str) and h.strip() else values.get(str(k)) or default
-                       for h, k in zip(have, block.column(by).to_pylist())], pa.string())
-    if column in block.column_names:
-        return block.set_column(block.schema.get_field_index(column), column, filled)
-    return block.append_column(column, filled)
-
-
-def caption_map(lake: Lake) -> dict[str, str]:
-    """image_id -> caption of the ok rows of `captions` (empty without the table)."""
-    if not lake.exists(layout.CAPTIONS):
-        return {}
-    t = lake.read(layout.CAPTIONS, columns=["image_id", "caption", "status"])
-    t = t.filter(pc.equal(t.column("status"), "ok"))
-    return dict(zip(t.column("image_id").to_pylist(), t.column("caption").to_pylist()))
-
-
 def run_stage(
     ctx: Context,
     *,
@@ -208,9 +201,8 @@ def run_stage(
     key: str,
     fn: type,
     batch_size: int,
-    actors: int = 1,
-    num_gpus: float = 0,
-    num_cpus: float = 1,
+    resources: Any,
+    gpu: bool = True,
     batch_format: str = "numpy",
     columns: Optional[list[str]] = None,
     where: Optional[tuple[str, str]] = None,
@@ -222,13 +214,13 @@ def run_stage(
 ) -> dict[str, int]:
     """Run one map stage: cached when nothing changed, resumed when killed, else fresh.
 
-    ``fn(section)`` is the stage's callable class; it maps batches of ``input_table`` rows
+    ``fn(section)`` is the stage's callable class; it maps batches of ``batch_size`` ``input_table`` rows
     (``columns``, filtered by ``where`` and by ``allow``, a list of accepted keys) to rows of
     ``table``; ``key`` identifies an input row in the output (for resume). ``finalize`` runs global passes once all rows are written.
     ``fill`` = (column, by, values) fills an input row's missing ``column`` with ``values[row[by]]``.
+    ``resources`` (the section's ``resources:``) and ``gpu`` size the actor pool (:func:`actor_pool`).
     """
     import ray
-    from ray.data import ActorPoolStrategy
 
     lake = ctx.lake
     spec_inputs = {t: lake.digest(t) for t in inputs}
@@ -259,10 +251,7 @@ def run_stage(
                 fn_constructor_args=(fn, section),
                 batch_size=batch_size,
                 batch_format=batch_format,
-                compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
-                num_gpus=num_gpus,
-                num_cpus=num_cpus,
-                **ACTOR_OPTIONS,
+                **actor_pool(resources, gpu),
             )
             # one part per stage batch: the unit a killed run does not redo
             ds = ds.map_batches(LakeWriter(lake.root, table, status_column), batch_format="pyarrow",

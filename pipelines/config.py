@@ -103,7 +103,7 @@ def _on_gpu(device: str, gpus: float) -> bool:
 def check_full_scale(cfg) -> None:
     """With ``require_gpus: true``, the checks that no configured stage runs tiny or on the CPU.
 
-    ``cfg`` is a RunConfig, or pipelines/train.py's TrainRunConfig (only model and train there)."""
+    ``cfg`` is a RunConfig."""
     stages = set(getattr(cfg, "stages", None) or STAGES)
     model = cfg.model
     why = "(require_gpus: true refuses a run that would fall back to the tiny preset or the CPU)"
@@ -113,16 +113,15 @@ def check_full_scale(cfg) -> None:
     for stage in ("encoder", "adaptor"):
         if f"train_{stage}" in stages:
             t = cfg.train.stage(stage)
-            check(t.use_gpu, f"train.{stage}.use_gpu", t.use_gpu, f"true {why}")
-    gpu_sections = {"caption": ("device", "num_gpus_per_actor"), "negatives": ("device", "num_gpus_per_actor"),
-                    "restore": ("device", "num_gpus_per_actor"), "baselines": ("device", "num_gpus_per_actor"),
-                    "evaluate": ("device", "num_gpus_per_actor")}
-    for name, (dev, gpus) in gpu_sections.items():
+            gpus = t.resources.gpus_per_worker
+            check(gpus > 0, f"train.{stage}.resources.gpus_per_worker", gpus, f"1 {why}")
+    for name in ("caption", "negatives", "restore", "baselines", "evaluate"):
         section = getattr(cfg, name, None)
         if section is None or name not in stages or (name == "caption" and section.captioner != "llava"):
             continue
-        check(getattr(section, dev) != "cpu", f"{name}.{dev}", getattr(section, dev), f"auto or cuda {why}")
-        check(getattr(section, gpus) > 0, f"{name}.{gpus}", getattr(section, gpus), f"a number > 0 {why}")
+        check(section.device != "cpu", f"{name}.device", section.device, f"auto or cuda {why}")
+        gpus = section.resources.gpus_per_worker
+        check(gpus > 0, f"{name}.resources.gpus_per_worker", gpus, f"a number > 0 {why}")
     caption = getattr(cfg, "caption", None)
     if caption is not None and "caption" in stages and caption.captioner == "llava":
         check(cfg.caption.model != "tiny-random", "caption.model", cfg.caption.model, f"a LLaVA model {why}")

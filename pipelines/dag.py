@@ -1,6 +1,7 @@
 """The stages of the pipeline, written once: name, runner, the lake tables each reads and writes, its
-config section. pipelines/cli.py (``STAGES``, the config's ``stages`` list), pipelines/full.py (what
-runs) and pipelines/plan.py (what ``--plan`` reads) derive from :data:`STAGE_TABLE`.
+config section, its code root (the module whose source is its cache key's code digest).
+pipelines/cli.py (``STAGES``, the config's ``stages`` list), pipelines/full.py (what runs), the
+pipelines' cache keys and pipelines/plan.py (what ``--plan`` reads) derive from :data:`STAGE_TABLE`.
 
 To add a stage: a row here (in DAG order), its runner, its config section in pipelines/config.py
 RunConfig and pipelines/cli.py SECTIONS, its Ray resources in pipelines/plan.py ``resources``, and the
@@ -44,6 +45,16 @@ class Stage:
     keeps no manifest of its own (prior: cached in <lake>/priors/; ablations: one partition of
     restorations per row, each with its own record)."""
 
+    code: tuple[str, ...]
+    """The stage's code roots: the modules whose source, with every project module they import, is
+    the code part of the stage's cache key (:meth:`code_digest`; the pipeline and ``--plan`` both use it)."""
+
+    def code_digest(self) -> str:
+        """catalog.lake.code_digest of :attr:`code`: what the stage's manifest records as its code."""
+        from catalog.lake import code_digest
+
+        return code_digest(*self.code)
+
 
 # ---------------------------------------------------------------------------------------------
 # runners (each imports its pipeline when it runs)
@@ -76,23 +87,19 @@ def train_config_digest(cfg, stage: str) -> str:
                    "split": getattr(cfg, "split", None)})
 
 
-# what a training stage runs, for its cache key: the loop, and the plan of each worker's rows
-TRAIN_CODE = ("stages.train", "stages.train_shards")
-
-
 def run_train(ctx, stage: str) -> dict:
     """One training stage, skipped when its inputs, config and code are unchanged since it finished.
 
     A changed spec starts the stage's Ray Train run afresh; the same spec after a kill resumes it
     from its latest checkpoint (pipelines/train.py). Records are kept per run name (:func:`train_record`)."""
-    from catalog.lake import StageSpec, code_digest
+    from catalog.lake import StageSpec
     from pipelines.train import run_train as train, storage
 
     run_prior(ctx)
     lake, section = ctx.lake, ctx.cfg.train
     me = BY_NAME[f"train_{stage}"]
     spec = StageSpec(me.name, train_record(stage, section.name), {t: lake.digest(t) for t in me.reads},
-                     train_config_digest(ctx.cfg, stage), code_digest(*TRAIN_CODE))
+                     train_config_digest(ctx.cfg, stage), me.code_digest())
     drop_old_layout_record(lake, me.writes)
     state = lake.begin(spec)
     if state == "cached":
@@ -191,19 +198,22 @@ def _evaluate(ctx) -> dict:
 # the table, in DAG order
 
 STAGE_TABLE: tuple[Stage, ...] = (
-    Stage("crawl", _crawl, "crawl", (layout.SOURCES,), layout.IMAGES),
-    Stage("filter", _filter, "filter", (layout.IMAGES,), layout.FILTERED),
-    Stage("caption", _caption, "caption", (layout.FILTERED, layout.IMAGES), layout.CAPTIONS),
-    Stage("degrade", _degrade, "degrade", (layout.FILTERED, layout.IMAGES), layout.DEGRADED),
-    Stage("prior", run_prior, "prior_train", (layout.FILTERED, layout.IMAGES, layout.CAPTIONS), None),
-    Stage("negatives", _negatives, "negatives", (layout.FILTERED, layout.IMAGES, layout.DEGRADED), layout.NEGATIVES),
+    Stage("crawl", _crawl, "crawl", (layout.SOURCES,), layout.IMAGES, ("stages.crawl",)),
+    Stage("filter", _filter, "filter", (layout.IMAGES,), layout.FILTERED, ("stages.filter",)),
+    Stage("caption", _caption, "caption", (layout.FILTERED, layout.IMAGES), layout.CAPTIONS, ("stages.caption",)),
+    Stage("degrade", _degrade, "degrade", (layout.FILTERED, layout.IMAGES), layout.DEGRADED, ("stages.degrade",)),
+    Stage("prior", run_prior, "prior_train", (layout.FILTERED, layout.IMAGES, layout.CAPTIONS), None,
+          ("stages.prior_train",)),
+    Stage("negatives", _negatives, "negatives", (layout.FILTERED, layout.IMAGES, layout.DEGRADED), layout.NEGATIVES,
+          ("stages.negatives",)),
     Stage("train_encoder", lambda ctx: run_train(ctx, "encoder"), "train", (layout.PAIRS, layout.CAPTIONS),
-          layout.stage_record("train_encoder")),
+          layout.stage_record("train_encoder"), ("stages.train", "stages.train_shards")),
     Stage("train_adaptor", lambda ctx: run_train(ctx, "adaptor"), "train", (layout.PAIRS, layout.CAPTIONS),
-          layout.stage_record("train_adaptor")),
-    Stage("restore", _restore, "restore", (layout.PAIRS,), layout.RESTORATIONS),
-    Stage("ablations", _ablations, "ablations", (layout.PAIRS,), None),
-    Stage("baselines", _baselines, "baselines", (layout.PAIRS,), layout.BASELINES),
-    Stage("evaluate", _evaluate, "evaluate", (layout.PAIRS, layout.RESTORATIONS, layout.BASELINES), layout.METRICS),
+          layout.stage_record("train_adaptor"), ("stages.train", "stages.train_shards")),
+    Stage("restore", _restore, "restore", (layout.PAIRS,), layout.RESTORATIONS, ("stages.restore",)),
+    Stage("ablations", _ablations, "ablations", (layout.PAIRS,), None, ("stages.ablations",)),
+    Stage("baselines", _baselines, "baselines", (layout.PAIRS,), layout.BASELINES, ("evaluation.baselines",)),
+    Stage("evaluate", _evaluate, "evaluate", (layout.PAIRS, layout.RESTORATIONS, layout.BASELINES), layout.METRICS,
+          ("stages.evaluate",)),
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGE_TABLE}

@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow.compute as pc
 
 from catalog import layout
-from catalog.lake import code_digest
 from pipelines.common import Context, run_stage
+from pipelines.dag import BY_NAME
 from stages.caption import CaptionConfig, captioner_class
 from stages.degrade import Degrader, preview_grid, summarize_params
 
@@ -76,15 +76,15 @@ def run_caption(ctx: Context) -> dict[str, int]:
         table=layout.CAPTIONS,
         inputs=[layout.FILTERED, layout.IMAGES],
         section=cfg,
-        code=code_digest("stages.caption"),
+        code=BY_NAME["caption"].code_digest(),
         input_table=layout.IMAGES,
         key="image_id",
         columns=["image_id", "bytes", "alt_text"],
         allow=kept_image_ids(ctx),
         fn=captioner_class(cfg),
         batch_size=cfg.batch_size,
-        actors=cfg.actors,
-        num_gpus=cfg.num_gpus_per_actor if cfg.captioner == "llava" else 0,
+        resources=cfg.resources,
+        gpu=cfg.captioner == "llava",
         finalize=finalize,
     )
 
@@ -112,13 +112,13 @@ def run_degrade(ctx: Context) -> dict[str, int]:
         table=layout.DEGRADED,
         inputs=[layout.FILTERED, layout.IMAGES],
         section=cfg,
-        code=code_digest("stages.degrade"),
+        code=BY_NAME["degrade"].code_digest(),
         input_table=layout.IMAGES,
         key="image_id",
         columns=["image_id", "bytes"],
         allow=kept_image_ids(ctx),
         fn=Degrader,
         batch_size=cfg.batch_size,
-        actors=cfg.workers,
+        resources=cfg.resources,
         finalize=finalize,
     )

@@ -37,12 +37,13 @@ import pyarrow.parquet as pq
 
 from catalog import layout
 from catalog.config import digest, to_dict
-from catalog.lake import Lake, StageSpec, code_digest
+from catalog.lake import Lake, StageSpec
 from catalog.tracking import RunRef
 from evaluation.baselines import KIND, BaselineConfig, Baseliner, degradation_label
 from evaluation.metrics import EvalConfig, check_metric_names, seed_weights
 from evaluation.report import TABLE1_SQL, markdown_table, table1, write_report
-from pipelines.common import ACTOR_OPTIONS, Context, LakeWriter, StageActor, gpus_if_available, run_stage
+from pipelines.common import Context, LakeWriter, StageActor, actor_pool, run_stage
+from pipelines.dag import BY_NAME
 from stages.split import HELDOUT
 from stages.evaluate import Evaluator
 
@@ -70,13 +71,12 @@ def run_baselines(ctx: Context, cfg: Optional[BaselineConfig] = None) -> dict[st
         table=layout.BASELINES,
         inputs=[layout.PAIRS],
         section=cfg,
-        code=code_digest("evaluation.baselines"),
+        code=BY_NAME["baselines"].code_digest(),
         input_table=layout.PAIRS,
         key="pair_id",
         fn=Baseliner,
         batch_size=cfg.batch_size,
-        actors=cfg.actors,
-        num_gpus=gpus_if_available(cfg.num_gpus_per_actor),
+        resources=cfg.resources,
         columns=["pair_id", "lq", "hq", "scale", "kind", "status"],
         where=("status", "ok"),
     )
@@ -176,7 +176,6 @@ def weights_digest(weights_dir: str) -> str:
 def run_evaluate(ctx: Context, cfg: Optional[EvalConfig] = None) -> dict[str, int]:
     """The `evaluate` stage: `metrics` rows for every ok restoration and baseline, then the report."""
     import ray
-    from ray.data import ActorPoolStrategy
 
     cfg = cfg or ctx.cfg.evaluate
     lake = ctx.lake
@@ -185,7 +184,7 @@ def run_evaluate(ctx: Context, cfg: Optional[EvalConfig] = None) -> dict[str, in
         log.info("evaluate: weights folder %s: %s", cfg.weights_dir, seeded)
     import pyiqa
 
-    code = f"{code_digest('stages.evaluate')}:pyiqa-{pyiqa.__version__}:{weights_digest(cfg.weights_dir)}"
+    code = f"{BY_NAME['evaluate'].code_digest()}:pyiqa-{pyiqa.__version__}:{weights_digest(cfg.weights_dir)}"
     split = pair_split(ctx)
     spec = StageSpec("evaluate", layout.METRICS, {t: lake.digest(t) for t in (layout.PAIRS,) + SOURCES},
                      digest({"evaluate": cfg, "split": split}), code)
@@ -213,8 +212,7 @@ def run_evaluate(ctx: Context, cfg: Optional[EvalConfig] = None) -> dict[str, in
             ds = ds.map_batches(GatherImages(lake.root), batch_format="pyarrow", batch_size=cfg.rows_per_batch,
                                 num_cpus=0.1, memory=512 * 2**20)
             ds = ds.map_batches(StageActor, fn_constructor_args=(Evaluator, cfg), batch_size=cfg.rows_per_batch,
-                                batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=cfg.actors),
-                                num_gpus=gpus_if_available(cfg.num_gpus_per_actor), **ACTOR_OPTIONS)
+                                batch_format="numpy", **actor_pool(cfg.resources))
             ds = ds.map_batches(LakeWriter(lake.root, layout.METRICS), batch_format="pyarrow", batch_size=None,
                                 num_cpus=0.1)
             for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

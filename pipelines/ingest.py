@@ -24,8 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalog import layout
-from catalog.lake import StageSpec, code_digest
+from catalog.lake import StageSpec
 from pipelines.common import Context, run_stage
+from pipelines.dag import BY_NAME
 from stages.crawl import Fetcher, apply_duplicates, mark_duplicates, read_sources
 from stages.crawl_sources import check_sources
 from stages.filter import Filterer, check_iqa_available, near_duplicates
@@ -75,14 +76,13 @@ def run_crawl(ctx: Context) -> dict[str, int]:
         table=layout.IMAGES,
         inputs=[layout.SOURCES],
         section=cfg,
-        code=code_digest("stages.crawl"),
+        code=BY_NAME["crawl"].code_digest(),
         input_table=layout.SOURCES,
         key="row",
         fn=Fetcher,
         batch_size=cfg.shard_rows,
         batch_format="pyarrow",
-        actors=cfg.workers,
-        num_cpus=cfg.cpus_per_worker,
+        resources=cfg.resources,
         finalize=lambda run: _dedupe_images(ctx, run),
     )
 
@@ -127,15 +127,15 @@ def run_filter(ctx: Context) -> dict[str, int]:
         table=layout.FILTERED,
         inputs=[layout.IMAGES],
         section=cfg,
-        code=code_digest("stages.filter"),
+        code=BY_NAME["filter"].code_digest(),
         input_table=layout.IMAGES,
         key="image_id",
         columns=["image_id", "url", "bytes", "status"],
         where=("status", "ok"),
         fn=Filterer,
         batch_size=cfg.batch_size,
-        actors=cfg.workers,
-        num_gpus=cfg.num_gpus if cfg.iqa else 0,
+        resources=cfg.resources,
+        gpu=bool(cfg.iqa),
         status_column="keep",
         finalize=lambda run: _near_dupes(ctx, run),
         counts=lambda: filter_counts(ctx),

@@ -20,48 +20,52 @@ def _gpu(n: float) -> str:
     return f" + {n:g} GPU" if n else ""
 
 
+def _pool(r: Any, actor: str, gpu: bool = True) -> str:
+    """``resources`` (catalog/resources.py) as --plan prints them: workers x per-worker CPU and GPU."""
+    return f"{r.workers} {actor} x {r.cpus_per_worker:g} CPU{_gpu(r.gpus_per_worker if gpu else 0)}"
+
+
 def resources(cfg: Any, stage: str) -> str:
-    """The Ray resources pipelines/ request for ``stage`` under ``cfg`` (a RunConfig)."""
+    """The Ray resources pipelines/ request for ``stage`` under ``cfg`` (a RunConfig): each section's
+    ``resources`` (GPUs only when the cluster has them)."""
     if stage == "crawl":
         c = cfg.crawl
-        return f"{c.workers} Fetcher actors x {c.cpus_per_worker:g} CPU, {c.threads} download threads each"
+        return f"{_pool(c.resources, 'Fetcher actors', gpu=False)}, {c.threads} download threads each"
     if stage == "filter":
         c = cfg.filter
-        return f"{c.workers} Filterer actors x 1 CPU{_gpu(c.num_gpus if c.iqa else 0)}"
+        return _pool(c.resources, "Filterer actors", gpu=bool(c.iqa))
     if stage == "caption":
         c = cfg.caption
-        gpus = c.num_gpus_per_actor if c.captioner == "llava" else 0
         model = c.model if c.captioner == "llava" else "alt text"
-        return f"{c.actors} Captioner actors x 1 CPU{_gpu(gpus)} ({model}, batch {c.batch_size}, {c.device})"
+        return (f"{_pool(c.resources, 'Captioner actors', gpu=c.captioner == 'llava')} "
+                f"({model}, batch {c.batch_size}, {c.device})")
     if stage == "degrade":
-        return f"{cfg.degrade.workers} Degrader actors x 1 CPU (batch {cfg.degrade.batch_size})"
+        return f"{_pool(cfg.degrade.resources, 'Degrader actors', gpu=False)} (batch {cfg.degrade.batch_size})"
     if stage == "prior":
         if cfg.model.prior == "train":
-            return f"1 Ray task x 1 CPU: stage 0 trains the {cfg.model.preset} prior"
+            return f"{_pool(cfg.prior_train.resources, 'Ray task')}: stage 0 trains the {cfg.model.preset} prior"
         return f"none: loads the prior {cfg.model.prior}"
     if stage == "negatives":
         c = cfg.negatives
-        return f"{c.actors} Negatives actors x 1 CPU{_gpu(c.num_gpus_per_actor)} ({c.device}, {c.num_steps} steps)"
+        return f"{_pool(c.resources, 'Negatives actors')} ({c.device}, {c.num_steps} steps)"
     if stage.startswith("train_"):
         t = cfg.train.stage(stage.removeprefix("train_"))
-        gpu = " + 1 GPU" if t.use_gpu else ""
-        return (f"{t.num_workers} Ray Train workers x {t.cpus_per_worker:g} CPU{gpu} ({t.strategy}, "
+        return (f"{_pool(t.resources, 'Ray Train workers')} ({t.strategy}, "
                 f"batch {t.batch_size}/worker, {t.steps} steps, {t.crop_size} px)")
     if stage == "restore":
         c = cfg.restore
-        return f"{c.actors} Restorer actors x 1 CPU{_gpu(c.num_gpus_per_actor)} ({c.device}, model {c.model})"
+        return f"{_pool(c.resources, 'Restorer actors')} ({c.device}, model {c.model})"
     if stage == "ablations":
         c, r = cfg.ablations, cfg.restore
         seeds = f", seeds {c.seeds}" if c.seeds else ""
-        return (f"{r.actors} Restorer actors x 1 CPU{_gpu(r.num_gpus_per_actor)} per row "
-                f"({', '.join(c.methods)}{seeds}; {c.split} pairs)")
+        return f"{_pool(r.resources, 'Restorer actors')} per row ({', '.join(c.methods)}{seeds}; {c.split} pairs)"
     if stage == "baselines":
         c = cfg.baselines
-        gpu = f"{_gpu(c.num_gpus_per_actor)} when the cluster has GPUs" if c.num_gpus_per_actor else ""
-        return f"{c.actors} Baseliner actors x 1 CPU{gpu}"
+        gpu = " when the cluster has GPUs" if c.resources.gpus_per_worker else ""
+        return f"{_pool(c.resources, 'Baseliner actors')}{gpu}"
     if stage == "evaluate":
         c = cfg.evaluate
-        return f"{c.actors} Evaluator actors x 1 CPU{_gpu(c.num_gpus_per_actor)} ({', '.join(c.metrics)})"
+        return f"{_pool(c.resources, 'Evaluator actors')} ({', '.join(c.metrics)})"
     raise KeyError(stage)
 
 
@@ -114,8 +118,8 @@ def cache_state(cfg: Any, lake_root: str, stage: str) -> str:
     want = _config_digest(cfg, stage)
     if want is not None and spec.get("config") != want:
         return done + "; config changed since: reruns"
-    code = _code_digest(stage)
-    if code is not None and spec.get("code") != code:
+    # the stage table's code root, as the pipeline digests it (evaluate appends ":pyiqa-<version>:<weights>")
+    if str(spec.get("code", "")).split(":", 1)[0] != BY_NAME[stage].code_digest():
         return done + "; code changed since: reruns"
     return done + "; cached unless its inputs changed"
 
@@ -127,18 +131,6 @@ def _partitions(fs: Any, folder: str) -> list[str]:
     if fs.get_file_info(folder).type != pafs.FileType.Directory:
         return []
     return [i.base_name for i in fs.get_file_info(pafs.FileSelector(folder)) if i.type == pafs.FileType.Directory]
-
-
-def _code_digest(stage: str) -> str | None:
-    from catalog.lake import code_digest
-
-    modules = {"crawl": "stages.crawl", "filter": "stages.filter", "degrade": "stages.degrade",
-               "baselines": "evaluation.baselines"}
-    if stage.startswith("train_"):
-        from pipelines.dag import TRAIN_CODE
-
-        return code_digest(*TRAIN_CODE)
-    return code_digest(modules[stage]) if stage in modules else None
 
 
 def plan_text(cfg: Any) -> str:

@@ -1,6 +1,7 @@
 """The prior stage group: stage 0 (a trained prior where none is pretrained) and negative-quality samples.
 
-    python pipelines/prior.py --config configs/demo.yaml [--only prior|negatives] [key.path=value ...]
+    python pipelines/prior.py --config configs/demo.yaml [key.path=value ...]   # --help, --plan, --print-config
+    python pipelines/prior.py --config configs/demo.yaml "stages=[prior]"       # stage 0 alone
 
     prior      model.prior = "train": stages/prior_train.py trains the preset's VAE then UNet on the
                kept images (filtered keep = true, joined with images) and their captions, into
@@ -13,56 +14,49 @@
 
 `pairs` is shared with the degrade stage through the lake's partitions: degrade writes
 `pairs/degraded`, negatives `pairs/negative`, each with its own manifest, so neither clears the
-other; reading `pairs` reads both.
+other; reading `pairs` reads both. The command is full.py's runner limited to these two stages: the
+same run config (negatives shaped like the run's degrade section, as in a full run).
 """
 from __future__ import annotations
 
-import argparse
+GROUP = ("prior", "negatives")  # the stages this command runs, of the stage table (pipelines/dag.py)
+
+if __name__ == "__main__":  # run as a script: the runner of full.py, limited to this group's stages
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # before the imports below: `--help` stays fast
+    from pipelines.full import main
+
+    sys.exit(main(only=GROUP, name="prior", description=__doc__.split("\n\n")[0]))
+
 import dataclasses
 import json
 import logging
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
-
-if __package__ in (None, ""):  # run as a script: make the checkout importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description="Stage 0 (train the prior) and negative-quality samples into `pairs`.")
-    ap.add_argument("--config", "-c", default=str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"),
-                    help="YAML run config (its other sections are ignored)")
-    ap.add_argument("--only", choices=["prior", "negatives"], help="run one of the two (default both)")
-    ap.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. prior_train.vae_steps=200")
-    return ap
-
-
-if __name__ == "__main__":
-    build_parser().parse_args()  # --help and bad flags answer before the imports below (torch, Ray)
+from typing import Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from catalog import layout
-from catalog.config import ConfigError, apply_overrides, digest, from_dict, load_yaml, to_dict
-from catalog.lake import Lake, code_digest
-from catalog.tracking import RunRef, Tracker, TrackingConfig
+from catalog.captions import caption_map
+from catalog.config import ConfigError, digest, to_dict
+from catalog.lake import Lake
+from catalog.tracking import RunRef
 from model.config import ModelConfig
-from pipelines.common import caption_map, train_image_ids
-from stages.split import SplitConfig
+from pipelines.common import train_image_ids
+from pipelines.dag import BY_NAME
 from stages.negatives import NegativeMaker, NegativesConfig, preview_grid
-from stages.prior_train import STAGE0_FILE, read_stage0, train_prior
+from stages.prior_train import read_stage0, train_prior
 from stages.prior_train_config import PriorTrainConfig
 
 log = logging.getLogger("supir")
 
 TRAIN = "train"  # model.prior value that asks for stage 0
-ROOT_DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 # fields of PriorTrainConfig that change where or how fast it runs, not what it learns
-_RUNTIME_FIELDS = ("device", "num_threads", "num_gpus", "output_dir", "progress", "log_every")
+_RUNTIME_FIELDS = ("device", "num_threads", "resources", "output_dir", "progress", "log_every")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,7 +90,7 @@ def prior_key(ctx, uses_captions: bool) -> str:
     cfg, model_cfg, lake = ctx.cfg.prior_train, ctx.cfg.model, ctx.lake
     section = {k: v for k, v in to_dict(cfg).items() if k not in _RUNTIME_FIELDS}
     inputs = {t: lake.digest(t) for t in (layout.FILTERED, layout.IMAGES) + ((layout.CAPTIONS,) if uses_captions else ())}
-    code = code_digest("stages.prior_train")
+    code = BY_NAME["prior"].code_digest()
     return digest({"prior_train": section, "preset": model_cfg.preset, "seed": model_cfg.seed,
                    "inputs": inputs, "code": code, "train_images": train_image_ids(ctx)})[:16]
 
@@ -143,8 +137,8 @@ def run_prior(ctx) -> Optional[str]:
 
             from pipelines.common import gpus_if_available
 
-            gpus = gpus_if_available(cfg.num_gpus)
-            task = ray.remote(num_cpus=1, num_gpus=gpus)(_train_task)
+            res = cfg.resources
+            task = ray.remote(num_cpus=res.cpus_per_worker, num_gpus=gpus_if_available(res.gpus_per_worker))(_train_task)
             ray.get(task.remote(*args))
         else:
             _train_task(*args)
@@ -179,7 +173,7 @@ def negatives_config(ctx, prior: Optional[str]) -> NegativesConfig:
                           "negatives stage (set model.prior to an SDXL folder, file or hub id, or to 'train')")
     run_degrade = getattr(ctx.cfg, "degrade", None)
     if cfg.like_pairs and run_degrade is not None:  # negatives shaped like the degraded pairs
-        cfg = dataclasses.replace(cfg, degrade=run_degrade, crop_size=run_degrade.gt_size)
+        cfg = dataclasses.replace(cfg, degrade=run_degrade)
     return dataclasses.replace(cfg, prior=source, preset=ctx.cfg.model.preset)
 
 
@@ -187,12 +181,11 @@ def run_negatives(ctx, prior: Optional[str] = None) -> dict[str, int]:
     """The negatives stage: kept images (or `pairs/degraded` HQ crops) -> `pairs/negative` (cached, resumable).
 
     ``prior``: the run's prior (run_prior's result); default: run_prior(ctx)."""
-    from pipelines.common import gpus_if_available, run_stage
+    from pipelines.common import run_stage
 
     lake = ctx.lake
     prior = run_prior(ctx) if prior is None else prior
     cfg = negatives_config(ctx, prior)
-    gpus = gpus_if_available(cfg.num_gpus_per_actor)
     # the train split only: stage 2 trains on the negatives, so a held-out photo must not be one
     allow = train_image_ids(ctx)
     if cfg.source == "images":
@@ -207,12 +200,11 @@ def run_negatives(ctx, prior: Optional[str] = None) -> dict[str, int]:
         stage="negatives",
         table=layout.NEGATIVES,
         section=cfg,
-        code=code_digest("stages.negatives"),
+        code=BY_NAME["negatives"].code_digest(),
         key="image_id",
         fn=NegativeMaker,
-        batch_size=cfg.batch_size,
-        actors=cfg.actors,
-        num_gpus=gpus,
+        batch_size=cfg.rows_per_batch,
+        resources=cfg.resources,
         finalize=lambda run: log_negatives(lake, cfg, run),
         **source,
     )
@@ -235,70 +227,3 @@ def log_negatives(lake: Lake, cfg: NegativesConfig, run: RunRef) -> None:
         src = src.filter(pc.is_in(src.column("pair_id"), value_set=pa.array(keys, pa.string())))
         sources = dict(zip(src.column("pair_id").to_pylist(), src.column("hq").to_pylist()))
     run.log_image(preview_grid(rows, sources, n=cfg.grid_rows), "negatives_grid.png")
-
-
-# ---------------------------------------------------------------------------------------------
-# command line
-
-@dataclass
-class PriorRunConfig:
-    """The sections of a run config this command reads (full.py checks the others)."""
-
-    lake: str = "lake"
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    ray: Any = None  # pipelines.config.RayConfig; typed below (its module imports every stage)
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(prior=TRAIN))
-    prior_train: PriorTrainConfig = field(default_factory=PriorTrainConfig)
-    negatives: NegativesConfig = field(default_factory=NegativesConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-
-
-def load_prior_config(path: Optional[str], overrides: Sequence[str] = ()) -> PriorRunConfig:
-    from pipelines.config import RayConfig
-
-    data = apply_overrides(load_yaml(path) if path else {}, overrides)
-    sections = {f.name for f in dataclasses.fields(PriorRunConfig)}
-    sub = {k: v for k, v in data.items() if k in sections}
-    ray_section = sub.pop("ray", None)
-    cfg = from_dict(PriorRunConfig, sub, prefix="")
-    cfg.ray = from_dict(RayConfig, ray_section or {}, prefix="ray")
-    return cfg
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from pipelines.common import Context, init_ray
-
-    from pipelines import logs
-
-    logs.setup()
-    args = build_parser().parse_args(argv)
-    try:
-        cfg = load_prior_config(args.config, args.overrides)
-        lake = Lake(cfg.lake)
-        ctx = Context(cfg, lake, Tracker(cfg.tracking, cfg.lake))
-    except (ConfigError, ValueError) as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    from catalog.lake import LakeError
-    from catalog.lake_lock import lake_lock
-
-    try:
-        with lake_lock(lake):  # one writer per lake
-            init_ray(cfg.ray)
-            with ctx.tracker.pipeline("prior", to_dict(cfg)):
-                prior = run_prior(ctx)
-                print(f"prior: {prior}")
-                if prior and (Path(prior) / STAGE0_FILE).is_file():
-                    r = read_stage0(prior)
-                    print(f"  held-out VAE PSNR {r['vae']['psnr_heldout']:.2f} dB; UNet eval loss "
-                          f"{r['unet']['eval_loss_init']:.3f} -> {r['unet']['eval_loss']:.3f}")
-                if args.only != "prior":
-                    print(f"negatives: {run_negatives(ctx, prior)}")
-    except LakeError as e:
-        print(f"lake error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,14 @@
 """Restore with SUPIR at scale: a folder of photos into PNGs, or the `pairs` table into `restorations`.
 
-    python pipelines/restore.py --model checkpoints/supir --input photos/ --output restored/
-    python pipelines/restore.py --model models:/supir@champion --input in/ --output out/ \\
-        --steps 50 --upscale 2 sampler.tau_r=0 tiling.tile_size=96 color_fix=adain
+    python pipelines/restore.py --input photos/ --output restored/ restore.model=checkpoints/supir
+    python pipelines/restore.py --input in/ --output out/ --config configs/sdxl.yaml \\
+        restore.model=models:/supir@champion restore.sampler.num_steps=50 restore.upscale=2 restore.color_fix=adain
 
-Options not given as flags are ``key.path=value`` overrides of RestoreConfig (stages/restore.py),
-for example ``sampler.cfg_scale=7.5`` or ``sampler.linear_control_scale=true``.
+The options are the run config's (pipelines/config.py): its ``restore`` section (stages/restore.py
+RestoreConfig: model, sampler, tiling, device, resources, ...), ``tracking``, ``lake`` (where the
+default MLflow store lives) and ``ray``, from ``--config`` (default: none, the built-in defaults)
+and ``section.key=value`` overrides, as every entry point takes them; ``--print-config`` lists every
+key. Only the folders are flags.
 
 Both modes run the Ray-free :class:`stages.restore.Restorer` as a Ray Data actor pool
 (``map_batches(..., compute=ActorPoolStrategy(...))``), one model per actor, one GPU per actor
@@ -25,39 +28,38 @@ from typing import Any, Optional, Sequence
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# the flags this command had before it took the run config: each is now an override (or gone)
+OLD_FLAGS = {"--model": "restore.model", "--prior": "restore.prior", "--sampler-preset": "restore.sampler.preset",
+             "--steps": "restore.sampler.num_steps", "--upscale": "restore.upscale", "--min-size": "restore.min_size",
+             "--seed": "restore.sampler.seed", "--prompt": "restore.sampler.positive_prompt",
+             "--negative-prompt": "restore.sampler.negative_prompt", "--cfg-scale": "restore.sampler.cfg_scale",
+             "--tau-r": "restore.sampler.tau_r", "--control-scale": "restore.sampler.control_scale",
+             "--color-fix": "restore.color_fix", "--device": "restore.device", "--dtype": "restore.dtype",
+             "--actors": "restore.resources.workers", "--num-cpus": "ray.num_cpus", "--lake": "lake",
+             "--tracking-uri": "tracking.uri", "--experiment": "tracking.experiment",
+             "--no-tracking": "tracking.enabled=false", "--no-progress": "restore.progress=false ray.progress_bars=false"}
+
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description="Restore a folder of photos with SUPIR into PNGs.")
-    ap.add_argument("--model", required=True, help="checkpoint folder (model/checkpoint.py) or models:/ URI")
-    ap.add_argument("--input", required=True, help="folder of images (searched recursively)")
-    ap.add_argument("--output", required=True, help="folder for the restored PNGs (same relative paths)")
-    ap.add_argument("--prior", default=None, help="load the SDXL prior from here instead of the recorded source")
-    ap.add_argument("--sampler-preset", choices=["paper", "released"],
-                    help="sampler defaults: released (what the released SUPIR-v0Q/v0F weights expect: snapped sigma, "
-                         "no restoration guidance, s_noise 1.01, 1024 size conditioning, no VAE tiling) or paper "
-                         "(default; DESIGN section 7). Explicit options override it")
-    ap.add_argument("--steps", type=int, help="sampling steps (default 50)")
-    ap.add_argument("--upscale", type=int, help="output size / input size (default 1)")
-    ap.add_argument("--min-size", type=int, help="short side raised to at least this (default 1024)")
-    ap.add_argument("--seed", type=int, help="sampling seed (default 0)")
-    ap.add_argument("--prompt", help="positive prompt appended to each image's caption")
-    ap.add_argument("--negative-prompt", help="negative-quality prompt")
-    ap.add_argument("--cfg-scale", type=float, help="CFG scale at sigma 0 (default 4.0)")
-    ap.add_argument("--tau-r", type=float, help="restoration guidance exponent, 0 = off (default: the preset's, "
-                                                 "paper 4.0, released 0)")
-    ap.add_argument("--control-scale", type=float, help="control scale (default 1.0)")
-    ap.add_argument("--color-fix", choices=["wavelet", "adain", "none"], help="colour fix (default wavelet)")
-    ap.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    ap.add_argument("--dtype", help="auto, float32, float16, bfloat16")
-    ap.add_argument("--actors", type=int, help="restoring actors, one model each (default 1)")
-    ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray cluster (default all)")
-    ap.add_argument("--lake", default="lake", help="where the default MLflow store lives (lake/mlflow.db)")
-    ap.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or the lake's)")
-    ap.add_argument("--experiment", default="supir")
-    ap.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar over sampling steps")
-    ap.add_argument("overrides", nargs="*", help="RestoreConfig overrides key.path=value, e.g. sampler.s_churn=0")
-    return ap.parse_args(argv)
+    from pipelines import cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        if flag in OLD_FLAGS:
+            new = OLD_FLAGS[flag]
+            usage = new if "=" in new else f"{new}=<value>"
+            print(f"config error: {flag} is no longer a flag: give the run config key as an override, {usage} "
+                  "(pipelines/restore.py --help; every key: --print-config)", file=sys.stderr)
+            raise SystemExit(2)
+    ap = cli.parser("Restore a folder of photos with SUPIR into PNGs (the run config's restore section).",
+                    default_config=None, plan=False)
+    ap.add_argument("--input", help="folder of images (searched recursively)")
+    ap.add_argument("--output", help="folder for the restored PNGs (same relative paths)")
+    args = ap.parse_args(argv)
+    if not args.print_config and not (args.input and args.output):
+        ap.error("--input and --output are required")
+    return args
 
 
 if __name__ == "__main__":
@@ -67,10 +69,10 @@ import numpy as np
 from PIL import Image
 
 from catalog import layout
-from catalog.config import ConfigError, apply_overrides, from_dict, to_dict
-from catalog.lake import code_digest
+from catalog.config import ConfigError, to_dict
 from catalog.registry import is_model_uri, resolve_model_path
 from catalog.tracking import RunRef, Tracker, TrackingConfig
+from pipelines.dag import BY_NAME
 from stages.restore import RestoreConfig, Restorer
 
 log = logging.getLogger("supir")
@@ -81,19 +83,10 @@ GRID_ROWS = 4
 
 def restore_actors(ds, cfg: RestoreConfig, timings: bool = False):
     """``ds`` (pair_id, lq[, caption, scale]) -> RESTORATIONS rows, through an actor pool of Restorers."""
-    from ray.data import ActorPoolStrategy
+    from pipelines.common import actor_pool
 
-    from pipelines.common import ACTOR_OPTIONS, gpus_if_available
-
-    return ds.map_batches(
-        Restorer,
-        fn_constructor_args=(cfg,),
-        fn_constructor_kwargs={"timings": timings},
-        batch_size=cfg.batch_size,
-        compute=ActorPoolStrategy(min_size=1, max_size=cfg.actors),
-        num_gpus=gpus_if_available(cfg.num_gpus_per_actor),
-        **ACTOR_OPTIONS,
-    )
+    return ds.map_batches(Restorer, fn_constructor_args=(cfg,), fn_constructor_kwargs={"timings": timings},
+                          batch_size=cfg.batch_size, **actor_pool(cfg.resources))
 
 
 def speed_metrics(seconds: Sequence[float], statuses: Sequence[str], num_steps: int,
@@ -236,7 +229,8 @@ def restore_folder(cfg: RestoreConfig, input_dir: str | Path, output_dir: str | 
 
 def run_restore(ctx, cfg: Optional[RestoreConfig] = None) -> dict[str, int]:
     """The `restore` stage of the full pipeline: ok rows of `pairs` -> `restorations` (cached, resumable)."""
-    from pipelines.common import caption_map, gpus_if_available, run_stage
+    from catalog.captions import caption_map
+    from pipelines.common import run_stage
 
     cfg = cfg or ctx.cfg.restore
     captions = caption_map(ctx.lake) if cfg.use_captions else {}
@@ -246,13 +240,12 @@ def run_restore(ctx, cfg: Optional[RestoreConfig] = None) -> dict[str, int]:
         table=layout.partition(layout.RESTORATIONS, cfg.resolved_run_id()),  # one partition per sampler setting: runs compare in SQL
         inputs=[layout.PAIRS, layout.CAPTIONS] if captions else [layout.PAIRS],
         section=cfg,
-        code=code_digest("stages.restore"),
+        code=BY_NAME["restore"].code_digest(),
         input_table=layout.DEGRADED,  # negatives are training targets, not restoration inputs
         key="pair_id",
         fn=Restorer,
         batch_size=cfg.batch_size,
-        actors=cfg.actors,
-        num_gpus=gpus_if_available(cfg.num_gpus_per_actor),
+        resources=cfg.resources,
         columns=["pair_id", "image_id", "lq", "hq", "caption", "scale", "status"],
         where=("status", "ok"),
         fill=("caption", "image_id", captions),  # degraded pairs carry no caption: the image's, as training reads it
@@ -296,25 +289,17 @@ def _arr(values: list[str]):
 # ---------------------------------------------------------------------------------------------
 # command line (parse_args: at the top, so that --help needs no heavy import)
 
-FLAG_KEYS = {"prior": "prior", "sampler_preset": "sampler.preset", "steps": "sampler.num_steps", "upscale": "upscale", "min_size": "min_size",
-             "seed": "sampler.seed", "prompt": "sampler.positive_prompt",
-             "negative_prompt": "sampler.negative_prompt", "cfg_scale": "sampler.cfg_scale",
-             "tau_r": "sampler.tau_r", "control_scale": "sampler.control_scale", "color_fix": "color_fix",
-             "device": "device", "dtype": "dtype", "actors": "actors"}
+def load_run_config(args: argparse.Namespace):
+    """The run config of the command line (pipelines/config.py load_config), its restore section a
+    model to load: ``trained`` names a run's train_adaptor result, which only the pipeline has."""
+    from pipelines.config import load_config
+    from pipelines.dag import TRAINED
 
-
-def config_from_args(args: argparse.Namespace) -> RestoreConfig:
-    data: dict[str, Any] = {"model": args.model, "progress": not args.no_progress}
-    apply_overrides(data, list(args.overrides))
-    for flag, key in FLAG_KEYS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            node = data
-            *parents, last = key.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[last] = value
-    return from_dict(RestoreConfig, data, prefix="restore")
+    cfg = load_config(args.config, args.overrides)
+    if cfg.restore.model == TRAINED:
+        raise ConfigError(f"restore.model = {TRAINED!r} is not allowed here: it names the model train_adaptor of a "
+                          "pipeline run produced; give a checkpoint folder or a models:/ URI (restore.model=...)")
+    return cfg
 
 
 def use_registered_model(model: str, tracking_uri: str, lake: str) -> Optional[Path]:
@@ -333,35 +318,33 @@ def use_registered_model(model: str, tracking_uri: str, lake: str) -> Optional[P
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from pipelines import logs
+    from pipelines import cli, logs
 
     logs.setup()
     args = parse_args(argv)
     try:
-        cfg = config_from_args(args)
-        tracker = Tracker(TrackingConfig(uri=args.tracking_uri, experiment=args.experiment,
-                                         enabled=not args.no_tracking), args.lake)
+        run = load_run_config(args)
+        if args.print_config:
+            print(cli.config_text(run), end="")
+            return 0
+        cfg = run.restore
+        tracker = Tracker(run.tracking, run.lake)
+        check_folders(Path(args.input), Path(args.output))
     except (ConfigError, ValueError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     try:
-        check_folders(Path(args.input), Path(args.output))
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    try:
-        if use_registered_model(cfg.model, args.tracking_uri, args.lake) is None and not Path(cfg.model).is_dir():
+        if use_registered_model(cfg.model, run.tracking.uri, run.lake) is None and not Path(cfg.model).is_dir():
             raise FileNotFoundError(f"no checkpoint folder {cfg.model!r} (model/checkpoint.py writes one)")
     except Exception as e:  # noqa: BLE001 - a missing model, alias or store: say which, before Ray starts
         print(f"model error: {cfg.model}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     from pipelines.common import init_ray
-    from pipelines.config import RayConfig
 
-    init_ray(RayConfig(num_cpus=args.num_cpus, progress_bars=not args.no_progress))
+    init_ray(run.ray)
     with tracker.pipeline("restore-folder", {"restore": to_dict(cfg), "input": args.input, "output": args.output}):
-        with tracker.stage("restore", params=to_dict(cfg)) as run:
-            result = restore_folder(cfg, args.input, args.output, run)
+        with tracker.stage("restore", params=to_dict(cfg)) as stage_run:
+            result = restore_folder(cfg, args.input, args.output, stage_run)
     m = result["metrics"]
     print(f"restored {int(m['ok'])}/{int(m['images'])} images into {result['output']}"
           + (f" ({m['seconds_per_image']:.2f} s/image, {m['steps_per_second']:.2f} steps/s)" if m.get("ok") else ""))

@@ -1,7 +1,11 @@
 """Train SUPIR on Ray Train: stage 1 (E_dr), then stage 2 (adaptor + connectors).
 
-    python pipelines/train.py --config configs/demo.yaml [--stage encoder|adaptor|all] [key.path=value ...]
+    python pipelines/train.py --config configs/demo.yaml ["stages=[train_encoder]"] [key.path=value ...]
     ray job submit --address http://<head>:8265 --working-dir . -- python pipelines/train.py -c configs/sdxl.yaml
+
+The run config (pipelines/config.py) is the one every entry point loads; this command trains the
+training stages its ``stages`` list names (both by default), each resumed from its latest checkpoint
+when one exists (the full pipeline also skips a stage whose inputs, config and code are unchanged).
 
 The data is the `pairs` table (status ok; degraded and negative-quality rows) with captions from
 `captions` where a pair has none. The driver plans each worker's share of the rows from the thin
@@ -16,7 +20,7 @@ or with more steps) resumes from the latest one. Worker failures restart the wor
 MLflow: a nested run per stage with loss, lr, grad norm and samples/s per step, sample grids
 (stage 2), the final model (+ its configs) as artifacts under ``model/``, registered as a new
 version of ``train.registered_model`` with aliases ``train.alias`` and the stage name, so that
-``python pipelines/restore.py --model models:/supir@latest ...`` loads it.
+``python pipelines/restore.py restore.model=models:/supir@latest ...`` loads it.
 """
 from __future__ import annotations
 
@@ -28,7 +32,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -36,26 +39,30 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def build_parser():
-    import argparse
+GROUP = ("train_encoder", "train_adaptor")  # the stages this command runs, of the stage table (pipelines/dag.py)
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", "-c", default=None, help="YAML run config (lake, tracking, ray, model, train, degrade)")
-    ap.add_argument("--stage", default="all", choices=["encoder", "adaptor", "all"], help="which stage(s) to train")
-    ap.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.encoder.steps=100")
-    return ap
+
+def parse_args(argv: Optional[Sequence[str]] = None):
+    from pipelines import cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a.split("=", 1)[0] == "--stage" for a in argv):  # the flag before the run config's stages list
+        print("config error: --stage is no longer a flag: give the stages as an override, e.g. "
+              "\"stages=[train_encoder]\" (both training stages run by default)", file=sys.stderr)
+        raise SystemExit(2)
+    return cli.parser(__doc__.split("\n\n")[0], default_config=None, stages=GROUP).parse_args(argv)
 
 
 if __name__ == "__main__":
-    build_parser().parse_args()  # --help and bad flags answer before the imports below (torch, Ray)
+    parse_args()  # --help and bad flags answer before the imports below (torch, Ray)
 
 import yaml
 
 from catalog import layout
-from catalog.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from catalog.config import ConfigError, to_dict
 from catalog.lake import Lake
 from catalog.registry import is_model_uri, publish as publish_model, resolve_model_path
-from catalog.tracking import RunRef, Tracker, TrackingConfig
+from catalog.tracking import RunRef, Tracker
 from model.config import ModelConfig
 from stages.train import STAGES, TrainConfig, TrainSection, train_loop
 from stages.train_shards import Piece, ReadStats, eligible_groups, plan_shares, read_share
@@ -122,8 +129,10 @@ def train_worker(config: dict[str, Any]) -> None:
     session = RaySession(config["data"], run)
     # every rank samples its own machine (system/rank<N>/... in the stage's run)
     with run.system_metrics(node_id=f"rank{session.rank}") if run is not None else contextlib.nullcontext():
+        res = config["train"].resources
         train_loop(config["train"], config["model"], session, run=run, init_from=init_from,
-                   degrade=config.get("degrade"))
+                   degrade=config.get("degrade"), use_gpu=res.gpus_per_worker > 0,
+                   num_threads=max(1, int(res.cpus_per_worker)))
 
 
 def local_folder(uri: str) -> str:
@@ -161,7 +170,7 @@ class TrainShares:
 def train_shares(lake: Lake, world_size: int, image_ids: Optional[Sequence[str]] = None) -> TrainShares:
     """Each worker's share of the ok `pairs` rows (``image_ids``: only pairs of these images, the
     train split: held-out photos are never trained on), planned from the status and image_id columns."""
-    from pipelines.common import caption_map
+    from catalog.captions import caption_map
 
     files = lake.files(layout.PAIRS)
     if not files:
@@ -191,7 +200,7 @@ class _OkWithCaptions:
         return keep
 
     def __call__(self, block):
-        from pipelines.common import fill_missing
+        from catalog.captions import fill_missing
 
         return fill_missing(block.filter(self.keep(block)).drop_columns(["status"]), "caption", "image_id",
                             self.captions, "")
@@ -246,13 +255,15 @@ def make_trainer(cfg: TrainConfig, model_cfg: ModelConfig, run_name: str, storag
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    res = cfg.resources
+    use_gpu = res.gpus_per_worker > 0  # TrainConfig allows 0 or 1
     return TorchTrainer(
         train_worker,
         train_loop_config={"train": cfg, "model": model_cfg, "run": run, "init_from": init_from, "degrade": degrade,
                            "data": data},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(name=run_name, storage_path=storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
@@ -282,7 +293,7 @@ def run_train(ctx, stage: str) -> dict[str, Any]:
         if images is not None:  # None: no `filtered` table, every pair trains
             run.log_metrics({"train_images": len(images)})
         trainer = make_trainer(cfg, model_cfg, f"{section.name}-{stage}", storage(lake),
-                               train_shares(lake, cfg.num_workers, images),
+                               train_shares(lake, cfg.resources.workers, images),
                                run, init_from, degrade if cfg.on_the_fly_degradation else None)
         result = trainer.fit()
         seconds = time.time() - t0
@@ -352,56 +363,23 @@ def apply_ema(model_dir: Path, ema_file: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # command line
 
-@dataclass
-class TrainRunConfig:
-    """The sections of a run config that training reads (other sections of the file are ignored)."""
-
-    lake: str = "lake"
-    stages: list[str] = field(default_factory=list)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    ray: Any = None
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainSection = field(default_factory=TrainSection)
-    degrade: Any = None
-    require_gpus: bool = False  # see pipelines/config.py RunConfig.require_gpus
-    split: Any = None  # stages.split.SplitConfig
-
-
-def load_train_config(path: Optional[str], overrides: Sequence[str] = ()) -> TrainRunConfig:
-    from degradations import DegradeConfig
-    from pipelines.config import RayConfig, check_full_scale
-    from stages.split import SplitConfig
-
-    data = apply_overrides(load_yaml(path) if path else {}, overrides)
-    cfg = TrainRunConfig(
-        lake=str(data.get("lake", "lake")),
-        tracking=from_dict(TrackingConfig, data.get("tracking"), prefix="tracking"),
-        ray=from_dict(RayConfig, data.get("ray"), prefix="ray"),
-        model=from_dict(ModelConfig, data.get("model"), prefix="model"),
-        train=from_dict(TrainSection, data.get("train"), prefix="train"),
-        degrade=from_dict(DegradeConfig, data.get("degrade"), prefix="degrade"),
-        require_gpus=from_dict(_RequireGpus, {"require_gpus": data.get("require_gpus", False)}).require_gpus,
-        split=from_dict(SplitConfig, data.get("split"), prefix="split"),
-    )
-    if cfg.require_gpus:
-        check_full_scale(cfg)
-    return cfg
-
-
-@dataclass
-class _RequireGpus:
-    require_gpus: bool = False
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from pipelines import logs
+    from pipelines import cli, logs
 
     logs.setup()
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
-        cfg = load_train_config(args.config, args.overrides)
-        from pipelines.config import check_gpus
+        from pipelines.config import check_gpus, load_config
 
+        cfg = load_config(args.config, args.overrides)
+        cfg.stages = [s for s in cfg.stages if s in GROUP]
+        if not cfg.stages:
+            raise ConfigError(f"stages lists no training stage: nothing to train (expected some of {', '.join(GROUP)})")
+        if args.print_config or args.plan:
+            from pipelines.plan import plan_text
+
+            print(cli.config_text(cfg) if args.print_config else plan_text(cfg), end="")
+            return 0
         check_gpus(cfg, ray_joined=False)  # before the lake or the MLflow store is created
         lake = Lake(cfg.lake)
         tracker = Tracker(cfg.tracking, cfg.lake)
@@ -411,7 +389,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from catalog.lake import LakeError
     from catalog.lake_lock import lake_lock
     from pipelines.common import Context, init_ray
-    from pipelines.config import check_gpus
 
     try:
         with lake_lock(lake):  # one writer per lake
@@ -422,10 +399,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"config error: {e}", file=sys.stderr)
                 return 2
             ctx = Context(cfg, lake, tracker)
-            stages = list(STAGES) if args.stage == "all" else [args.stage]
             with tracker.pipeline("train", to_dict(cfg), yaml.safe_dump(to_dict(cfg), sort_keys=False)):
-                for stage in stages:
-                    summary = run_train(ctx, stage)
+                for stage in cfg.stages:
+                    summary = run_train(ctx, stage.removeprefix("train_"))
                     print("TRAIN_RESULT " + json.dumps(summary, default=str), flush=True)
     except LakeError as e:
         print(f"lake error: {e}", file=sys.stderr)

@@ -10,7 +10,7 @@ of that stage as plain callables that import no Ray:
     # out has the CAPTIONS columns (catalog.schemas), one row per input row
 
 pipelines/ wraps it in ``map_batches(Captioner, fn_constructor_kwargs={"cfg": cfg},
-batch_size=cfg.batch_size, num_gpus=cfg.num_gpus_per_actor, concurrency=cfg.actors)``.
+batch_size=cfg.batch_size, **actor_pool(cfg.resources))``.
 
 Every input row comes out with a status: ok, decode_error (bytes that Pillow cannot read),
 empty_caption (the model produced only whitespace or special tokens), error (generation failed
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from transformers.generation import TemperatureLogitsWarper, TopPLogitsWarper
 from catalog import codec
 from catalog.batches import numpy_batch
 from catalog.config import check
+from catalog.resources import Resources, resource_keys
 from catalog.seeds import seed_of
 from model.devices import TORCH_DTYPES, resolve_device, resolve_dtype
 
@@ -76,15 +77,16 @@ class CaptionConfig:
     mode: Literal["sample", "greedy"] = "sample"
     # Seed of the per-image sampling generators.
     seed: int = 0
-    # Images per generate call (and per Ray batch).
+    # Images per generate call (a Ray batch is one call).
     batch_size: int = 8
     # Short side the image is shrunk to before the processor; null: the model's input side (the image
     # processor's crop size, 336 for llava-1.5).
     image_side: int | None = None
-    # GPUs each Ray actor holds (0 on CPU; fractions share a GPU between actors).
-    num_gpus_per_actor: float = 1.0
-    # Number of captioning actors (Ray concurrency).
-    actors: int = 1
+    # Captioner actors (one model each) and their GPUs (0 on CPU; 0.5 packs two on one GPU); the
+    # alt-text captioner asks for no GPU.
+    resources: Resources = field(default_factory=lambda: Resources(gpus_per_worker=1.0))
+
+    RENAMED: ClassVar[dict[str, str]] = resource_keys(workers="actors", gpus="num_gpus_per_actor")
 
     def __post_init__(self) -> None:
         check(self.captioner in ("llava", "alt-text"), "caption.captioner", self.captioner,
@@ -108,9 +110,7 @@ class CaptionConfig:
         check(self.batch_size >= 1, "caption.batch_size", self.batch_size, "an integer >= 1")
         check(self.image_side is None or self.image_side >= 8, "caption.image_side", self.image_side,
               "null or an integer >= 8")
-        check(self.num_gpus_per_actor >= 0, "caption.num_gpus_per_actor", self.num_gpus_per_actor,
-              "a number >= 0")
-        check(self.actors >= 1, "caption.actors", self.actors, "an integer >= 1")
+        self.resources.check("caption")
 
     def generation_params(self) -> dict[str, Any]:
         """What goes into the `params` column: everything that changes a caption."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from catalog.config import check
+from catalog.resources import Resources, resource_keys
 
 # magic bytes -> Pillow format name
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
@@ -72,10 +74,11 @@ class CrawlConfig:
     """Accepted image formats, by magic bytes; anything else is not_image."""
     shard_rows: int = 1000
     """Source rows per crawl task; one task's output is one Parquet shard (resume unit)."""
-    workers: int = 2
-    """Fetcher actors running at once (each with ``threads`` threads); used by pipelines/."""
-    cpus_per_worker: float = 1.0
-    """CPUs Ray reserves per Fetcher actor (decoding is the CPU work; downloads mostly wait)."""
+    resources: Resources = field(default_factory=lambda: Resources(workers=2))
+    """Fetcher actors (each with ``threads`` download threads) and the CPUs Ray reserves for each
+    (decoding is the CPU work; downloads mostly wait); read by pipelines/ only."""
+
+    RENAMED: ClassVar[dict[str, str]] = resource_keys(workers="workers", cpus="cpus_per_worker")
 
     def __post_init__(self) -> None:
         check(isinstance(self.sources, list) and all(isinstance(s, str) and s.strip() for s in self.sources),
@@ -85,7 +88,7 @@ class CrawlConfig:
         for name in ("url_column", "alt_text_column", "hf_split", "hf_image_column", "user_agent"):
             value = getattr(self, name)
             check(isinstance(value, str) and value != "", f"crawl.{name}", value, "a non-empty string")
-        for name in ("threads", "max_bytes", "max_pixels", "shard_rows", "workers"):
+        for name in ("threads", "max_bytes", "max_pixels", "shard_rows"):
             value = getattr(self, name)
             check(isinstance(value, int) and value >= 1, f"crawl.{name}", value, "an integer >= 1")
         for name in ("retries", "max_redirects"):
@@ -94,7 +97,8 @@ class CrawlConfig:
         check(isinstance(self.opt_out_directives, list) and all(isinstance(d, str) and d.strip() and d == d.lower()
                                                                  for d in self.opt_out_directives),
               "crawl.opt_out_directives", self.opt_out_directives, "a list of lower-case directives, e.g. [noai]")
-        for name in ("timeout_s", "download_timeout_s", "cpus_per_worker", "max_retry_after_s"):
+        self.resources.check("crawl")
+        for name in ("timeout_s", "download_timeout_s", "max_retry_after_s"):
             value = getattr(self, name)
             check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"crawl.{name}", value,
                   "a finite number > 0")

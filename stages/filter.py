@@ -12,13 +12,14 @@ Reasons read ``gate:value<threshold``; SQL groups them with ``split_part(reason,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 from PIL import Image
 
 from catalog import codec
 from catalog.config import ConfigError, check
+from catalog.resources import Resources, resource_keys
 from evaluation.safe_load import guarded_loads
 
 # pyiqa metrics that need no downloaded weights (they always work offline)
@@ -53,12 +54,12 @@ class FilterConfig:
     device: str = "auto"
     # near-duplicate threshold: Hamming distance of 64-bit pHashes; -1 turns it off
     phash_distance: int = 4
-    # rows per batch handed to one filter call (the pipeline's batch size)
+    # rows handed to one filter call (one Ray batch, one lake part)
     batch_size: int = 16
-    # filter actors in the Ray actor pool (at most)
-    workers: int = 2
-    # GPUs per filter actor when IQA gates are set (0 on CPU clusters)
-    num_gpus: float = 0.0
+    # Filterer actors; their GPUs are requested only when IQA gates are set
+    resources: Resources = field(default_factory=lambda: Resources(workers=2))
+
+    RENAMED: ClassVar[dict[str, str]] = resource_keys(workers="workers", gpus="num_gpus")
 
     def __post_init__(self):
         check(self.min_side >= 1, "filter.min_side", self.min_side, "an integer >= 1")
@@ -68,8 +69,7 @@ class FilterConfig:
         check(self.device in ("auto", "cpu", "cuda"), "filter.device", self.device, "auto, cpu or cuda")
         check(-1 <= self.phash_distance <= 32, "filter.phash_distance", self.phash_distance, "an integer in [-1, 32]")
         check(self.batch_size >= 1, "filter.batch_size", self.batch_size, "an integer >= 1")
-        check(self.workers >= 1, "filter.workers", self.workers, "an integer >= 1")
-        check(self.num_gpus >= 0, "filter.num_gpus", self.num_gpus, "a number >= 0")
+        self.resources.check("filter")
         for name, gate in self.iqa.items():
             check(gate.min is not None or gate.max is not None, f"filter.iqa.{name}", {"min": None, "max": None},
                   "at least one of min, max")

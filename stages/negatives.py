@@ -10,7 +10,7 @@ strength 0.5 toward the negative-quality prompt, captioned with that prompt.
 
 Per source image and variant (all randomness from generators seeded by (seed, pair_id)):
 
-1. the source crop x (a `pairs` HQ crop, or a random crop_size crop of an `images` row);
+1. the source crop x (a `pairs` HQ crop, or a random degrade.gt_size crop of an `images` row);
 2. z_0 = E(x) with the prior's frozen VAE; sigmas = the sampler's N + 1 sigmas; SDEdit starts at
    index N - floor(N * strength) (diffusers' img2img convention), from x = z_0 + sigma_start * eps;
 3. model/sampler.py's Euler loop over the remaining sigmas with CFG: the negative-quality prompt
@@ -39,7 +39,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, ClassVar, Literal, Mapping, Optional
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ from PIL import Image
 
 from catalog import codec
 from catalog.config import ConfigError, check
+from catalog.resources import Resources, resource_keys
 from catalog.batches import numpy_batch
 from catalog.schemas import PAIR_COLUMNS, PAIR_DTYPES, pair_id_of
 from degradations import DegradeConfig, degrade_target, draw_params, ops
@@ -90,13 +91,9 @@ class NegativesConfig:
     """Run seed; each pair's noise and degradation come from generators seeded by (seed, pair_id)."""
 
     source: Literal["pairs", "images"] = "images"
-    """Where the HQ images come from: the kept `images` (filtered keep = true; a crop_size crop at a
+    """Where the HQ images come from: the kept `images` (filtered keep = true; a degrade.gt_size crop at a
     seeded position of the full-resolution image, as the degrade stage crops), or the HQ crops
     of ok `pairs/degraded` rows (USM-sharpened targets)."""
-
-    crop_size: int = 128
-    """Side of the square samples, pixels (multiple of 8). A larger source is cropped at a seeded
-    position, a smaller one gives status too_small."""
 
     variants_per_image: int = 1
     """Negative samples per source row (pair_id_of(image_id, "negative", "<source>/<variant>"))."""
@@ -105,10 +102,12 @@ class NegativesConfig:
     """The rows' lq: the sample degraded with ``degrade`` (like kind=degraded pairs), or the sample itself."""
 
     degrade: DegradeConfig = field(default_factory=lambda: DegradeConfig(gt_size=128))
-    """Degradation of the samples into lq (its gt_size is replaced by crop_size, USM sharpening is off)."""
+    """Degradation of the samples into lq (USM sharpening off). Its ``gt_size`` is the side of the square
+    samples, pixels (a multiple of 8): a larger source is cropped at a seeded position, a smaller one
+    gives status too_small."""
 
     like_pairs: bool = True
-    """In a pipeline run with a `degrade:` section, use that section here and its gt_size as crop_size,
+    """In a pipeline run with a `degrade:` section, use that section here (its gt_size included),
     so negative pairs have the same sizes and LQ statistics as the degraded ones (pipelines/prior.py)."""
 
     device: str = "auto"
@@ -117,17 +116,17 @@ class NegativesConfig:
     dtype: str = "auto"
     """Dtype of the prior: auto (bfloat16 on a GPU that has it, else float32), float32, float16, bfloat16."""
 
-    micro_batch: int = 8
-    """Samples per sampler call (rows of one Ray batch are split into micro-batches)."""
-
     batch_size: int = 8
-    """Rows per Ray batch (pipelines/prior.py)."""
+    """Samples per sampler call (the rows of one Ray batch are split into calls of this size)."""
 
-    actors: int = 1
-    """Actors making samples, one prior each (pipelines/prior.py)."""
+    rows_per_batch: int = 8
+    """Rows of one Ray batch handed to an actor (one lake part each; pipelines/prior.py)."""
 
-    num_gpus_per_actor: float = 1.0
-    """GPUs per actor when the cluster has GPUs (pipelines/prior.py)."""
+    resources: Resources = field(default_factory=lambda: Resources(gpus_per_worker=1.0))
+    """Actors making samples, one prior each, and their GPUs (pipelines/prior.py)."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"micro_batch": "batch_size", "crop_size": "degrade.gt_size",
+                                         **resource_keys(workers="actors", gpus="num_gpus_per_actor")}
 
     grid_rows: int = 8
     """Rows of the MLflow grid (source | negative | lq)."""
@@ -142,26 +141,23 @@ class NegativesConfig:
         check(self.cfg_scale >= 0, "negatives.cfg_scale", self.cfg_scale, "a number >= 0")
         check(isinstance(self.seed, int) and self.seed >= 0, "negatives.seed", self.seed, "an integer >= 0")
         check(self.source in SOURCES, "negatives.source", self.source, "pairs or images")
-        check(isinstance(self.crop_size, int) and self.crop_size >= 32 and self.crop_size % 8 == 0,
-              "negatives.crop_size", self.crop_size, "a multiple of 8, >= 32")
+        size = self.degrade.gt_size
+        check(size >= 32 and size % 8 == 0, "negatives.degrade.gt_size", size, "a multiple of 8, >= 32")
         check(self.variants_per_image >= 1, "negatives.variants_per_image", self.variants_per_image, "an integer >= 1")
-        check(self.crop_size % self.degrade.scale == 0 or self.lq == "same", "negatives.crop_size", self.crop_size,
-              f"a multiple of degrade.scale ({self.degrade.scale}) when lq is degrade")
+
         dev = self.device
         check(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
               "negatives.device", dev, "auto, cpu, cuda or cuda:N")
         check(self.dtype == "auto" or self.dtype in MODEL_DTYPES, "negatives.dtype", self.dtype,
               "auto, float32, float16 or bfloat16")
-        check(self.micro_batch >= 1, "negatives.micro_batch", self.micro_batch, "an integer >= 1")
         check(self.batch_size >= 1, "negatives.batch_size", self.batch_size, "an integer >= 1")
-        check(self.actors >= 1, "negatives.actors", self.actors, "an integer >= 1")
-        check(self.num_gpus_per_actor >= 0, "negatives.num_gpus_per_actor", self.num_gpus_per_actor, "a number >= 0")
+        check(self.rows_per_batch >= 1, "negatives.rows_per_batch", self.rows_per_batch, "an integer >= 1")
+        self.resources.check("negatives")
         check(self.grid_rows >= 0, "negatives.grid_rows", self.grid_rows, "an integer >= 0")
 
     def degrade_config(self) -> DegradeConfig:
-        """The degradation of the samples: ``degrade`` at crop_size, without USM sharpening."""
-        return dataclasses.replace(self.degrade, gt_size=self.crop_size, usm_sharpen_gt=False, variants_per_image=1,
-                                   lq_resize_to_gt=self.degrade.lq_resize_to_gt)
+        """The degradation of the samples: ``degrade`` without USM sharpening, one variant per call."""
+        return dataclasses.replace(self.degrade, usm_sharpen_gt=False, variants_per_image=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,7 +222,7 @@ class NegativeMaker:
         self.scale = 1 if cfg.lq == "same" or self.degrade_cfg.lq_resize_to_gt else self.degrade_cfg.scale
         self.params = {"strength": cfg.strength, "num_steps": cfg.num_steps, "cfg_scale": cfg.cfg_scale,
                        "prompt": cfg.prompt, "prior": cfg.prior or getattr(prior, "source", None), "lq": cfg.lq,
-                       "crop_size": cfg.crop_size}
+                       "gt_size": cfg.degrade.gt_size}
 
     def _sources(self, batch: Mapping[str, np.ndarray], i: int) -> tuple[str, str, Any]:
         """(image_id, source key, encoded bytes) of input row i."""
@@ -249,8 +245,8 @@ class NegativeMaker:
                 status, error = "ok", None
             except Exception as e:  # noqa: BLE001 - any decoder failure is a row status
                 img, status, error = None, "decode_error", f"{type(e).__name__}: {e}"
-            if img is not None and min(img.shape[:2]) < cfg.crop_size:
-                status, error = "too_small", f"image is {img.shape[1]}x{img.shape[0]}, smaller than crop_size {cfg.crop_size}"
+            if img is not None and min(img.shape[:2]) < cfg.degrade.gt_size:
+                status, error = "too_small", f"image is {img.shape[1]}x{img.shape[0]}, smaller than degrade.gt_size {cfg.degrade.gt_size}"
             for v in range(cfg.variants_per_image):
                 variant = f"{key}/{v}"
                 pair_id = pair_id_of(image_id, KIND, variant)
@@ -259,18 +255,18 @@ class NegativeMaker:
                              "caption": cfg.prompt, "_source": key})
                 if status == "ok":
                     h, w = img.shape[:2]
-                    top, left = _crop_position(pair_id, cfg.seed, h, w, cfg.crop_size)
+                    top, left = _crop_position(pair_id, cfg.seed, h, w, cfg.degrade.gt_size)
                     rows[-1]["_crop"] = [top, left]
-                    todo.append((len(rows) - 1, to_model_range(img[top : top + cfg.crop_size, left : left + cfg.crop_size])))
-        for start in range(0, len(todo), cfg.micro_batch):
-            self._make(rows, todo[start : start + cfg.micro_batch])
+                    todo.append((len(rows) - 1, to_model_range(img[top : top + cfg.degrade.gt_size, left : left + cfg.degrade.gt_size])))
+        for start in range(0, len(todo), cfg.batch_size):
+            self._make(rows, todo[start : start + cfg.batch_size])
         return numpy_batch({c: [r[c] for r in rows] for c in PAIR_COLUMNS}, PAIR_DTYPES)
 
     def _make(self, rows: list[dict[str, Any]], chunk: list[tuple[int, torch.Tensor]]) -> None:
         cfg = self.cfg
         try:
             x = torch.stack([t for _, t in chunk])  # (b, 3, S, S)
-            shape = latent_shape(self.model.vae, 1, cfg.crop_size)[1:]  # (4, S/f, S/f)
+            shape = latent_shape(self.model.vae, 1, cfg.degrade.gt_size)[1:]  # (4, S/f, S/f)
             noise = torch.stack([torch.randn(shape, generator=seeded_generator(cfg.seed, rows[i]["pair_id"]))
                                  for i, _ in chunk])  # per pair, independent of the batch
             out = sdedit(self.model, x, noise, cfg).cpu()  # (b, 3, S, S)

@@ -379,10 +379,10 @@ def _grids(model: PriorModel, heldout: torch.Tensor, texts: Sequence[str], cfg: 
     recon = reconstruct(model.vae, heldout[:k])
     grids["stage0_vae_reconstructions.png"] = make_grid([[to_pil(heldout[i]), to_pil(recon[i])] for i in range(k)],
                                                         ["held-out HQ", "D(E(HQ))"], cell=128)
-    if cfg.sample_steps > 0:
+    if cfg.sample_num_steps > 0:
         prompts = [texts[i % len(texts)] if texts else "" for i in range(k)]
-        samples = generate(model, prompts, cfg.crop_size, cfg.sample_steps, seed=cfg.seed)
-        negatives = generate(model, [cfg.negative_prompt] * k, cfg.crop_size, cfg.sample_steps, seed=cfg.seed)
+        samples = generate(model, prompts, cfg.crop_size, cfg.sample_num_steps, seed=cfg.seed)
+        negatives = generate(model, [cfg.negative_prompt] * k, cfg.crop_size, cfg.sample_num_steps, seed=cfg.seed)
         g = torch.Generator().manual_seed(cfg.seed + 2)
         z_noise = torch.randn(latent_shape(model.vae, k, cfg.crop_size), generator=g)
         noise = model.decode(z_noise.to(model.unet.device)).float().clamp(-1, 1).cpu()

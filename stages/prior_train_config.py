@@ -5,12 +5,13 @@ field do not need the training loops. Imports no Ray.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import torch
 
 from catalog.config import check, check_prob
+from catalog.resources import Resources, resource_keys
 from model.sampler import NEGATIVE_QUALITY_PROMPT
 
 
@@ -25,7 +26,8 @@ class PriorTrainConfig:
     """Optimizer steps of the latent diffusion UNet."""
 
     crop_size: int = 64
-    """Side of the square HQ training crops, pixels (a multiple of 8: SDXL's VAE downsamples 8x, the tiny one 4x)."""
+    """Side of the square HQ training crops, pixels (a multiple of 8: SDXL's VAE downsamples 8x, the tiny one 4x).
+    Cut from the kept images, not from pairs: unrelated to degrade.gt_size (eval_crop_size is the knob to match it)."""
 
     batch_size: int = 8
     """Crops per optimizer step (both parts)."""
@@ -83,7 +85,7 @@ class PriorTrainConfig:
     """Side of the held-out crops, pixels (0: crop_size). Set it to the size the prior will see,
     e.g. the degrade stage's gt_size (the demo: 128)."""
 
-    sample_steps: int = 20
+    sample_num_steps: int = 20
     """Euler steps of the sample grid drawn after training (0: no grid)."""
 
     log_every: int = 20
@@ -102,8 +104,11 @@ class PriorTrainConfig:
     num_threads: int = 0
     """torch CPU threads while training (0: leave torch's setting)."""
 
-    num_gpus: float = 0.0
-    """GPUs of the Ray task that trains the prior (pipelines/prior.py), when the cluster has GPUs."""
+    resources: Resources = field(default_factory=Resources)
+    """The one Ray task that trains the prior (pipelines/prior.py): its CPUs, and its GPUs when the
+    cluster has GPUs; workers must be 1."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"sample_steps": "sample_num_steps", **resource_keys(gpus="num_gpus")}
 
     output_dir: str = ""
     """Folder for trained priors, one digest-named subfolder each; empty: <lake>/priors (local lakes)."""
@@ -134,7 +139,7 @@ class PriorTrainConfig:
         check(self.eval_crops >= 1, "prior_train.eval_crops", self.eval_crops, "an integer >= 1")
         check(self.eval_crop_size == 0 or (self.eval_crop_size >= 32 and self.eval_crop_size % 8 == 0),
               "prior_train.eval_crop_size", self.eval_crop_size, "0 (crop_size) or a multiple of 8, >= 32")
-        check(self.sample_steps >= 0, "prior_train.sample_steps", self.sample_steps, "an integer >= 0")
+        check(self.sample_num_steps >= 0, "prior_train.sample_num_steps", self.sample_num_steps, "an integer >= 0")
         check(self.log_every >= 1, "prior_train.log_every", self.log_every, "an integer >= 1")
         check(isinstance(self.seed, int) and self.seed >= 0, "prior_train.seed", self.seed, "an integer >= 0")
         dev = self.device
@@ -143,7 +148,9 @@ class PriorTrainConfig:
         check(self.mixed_precision in ("auto", "bf16", "no"), "prior_train.mixed_precision", self.mixed_precision,
               "auto, bf16 or no")
         check(self.num_threads >= 0, "prior_train.num_threads", self.num_threads, "an integer >= 0")
-        check(self.num_gpus >= 0, "prior_train.num_gpus", self.num_gpus, "a number >= 0")
+        self.resources.check("prior_train")
+        check(self.resources.workers == 1, "prior_train.resources.workers", self.resources.workers,
+              "1 (stage 0 trains in one Ray task)")
 
 
 def use_bf16(mode: str, device: torch.device) -> bool:

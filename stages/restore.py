@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from catalog import codec
 from catalog.batches import numpy_batch
 from catalog.config import check, digest, to_dict
 from catalog.registry import resolve_model_path
+from catalog.resources import Resources, resource_keys
 from model.devices import TORCH_DTYPES
 from model.restoration import Restoration, RestorationConfig
 
@@ -69,13 +70,13 @@ class RestoreConfig(RestorationConfig):
     """The ``run_id`` column; empty: a digest of this config (stable across resumed runs)."""
 
     batch_size: int = 1
-    """Rows per Ray batch (images are restored one by one: their sizes differ)."""
+    """Rows handed to one Restorer call (one Ray batch; the images in it are restored one by one:
+    their sizes differ)."""
 
-    actors: int = 1
-    """Restoring actors (one model each)."""
+    resources: Resources = field(default_factory=lambda: Resources(gpus_per_worker=1.0))
+    """Restoring actors (one model each) and their GPUs (none on a CPU-only cluster)."""
 
-    num_gpus_per_actor: float = 1.0
-    """GPUs per actor when CUDA is present (ignored on a CPU-only cluster)."""
+    RENAMED: ClassVar[dict[str, str]] = resource_keys(workers="actors", gpus="num_gpus_per_actor")
 
     def __post_init__(self) -> None:
         check(bool(str(self.model).strip()), "restore.model", self.model, "a checkpoint folder or models:/ URI")
@@ -88,8 +89,7 @@ class RestoreConfig(RestorationConfig):
         check(bool(self.method.strip()), "restore.method", self.method, "a non-empty name")
         check(self.batch_size >= 1, "restore.batch_size", self.batch_size, "an integer >= 1")
         check(self.max_pixels >= 1, "restore.max_pixels", self.max_pixels, "an integer >= 1")
-        check(self.actors >= 1, "restore.actors", self.actors, "an integer >= 1")
-        check(self.num_gpus_per_actor >= 0, "restore.num_gpus_per_actor", self.num_gpus_per_actor, "a number >= 0")
+        self.resources.check("restore")
 
     def params(self) -> dict[str, Any]:
         """What goes into the ``params`` column: everything that changes a restoration."""

@@ -63,6 +63,8 @@ with warnings.catch_warnings():
             from stages.restore import RestoreConfig
 
             options = dict(context.model_config or {})
+            for old in RestoreConfig.RENAMED:  # a model registered before `resources:` records actors and
+                options.pop(old, None)         # num_gpus_per_actor: Ray settings that a pyfunc never used
             options["model"] = context.artifacts[ARTIFACT]
             self.cfg = from_dict(RestoreConfig, options, prefix="model_config")
             self.restoration = Restoration.from_checkpoint(self.cfg.model, self.cfg, self.cfg.device, self.cfg.dtype,

@@ -162,8 +162,8 @@ def adaptor_inputs(model, cfg: TrainConfig, batch: Batch, rank: int, step: int, 
 # ---------------------------------------------------------------------------------------------
 # the skeleton
 
-def device_of(cfg: TrainConfig) -> torch.device:
-    if cfg.use_gpu and torch.cuda.is_available():
+def device_of(use_gpu: bool) -> torch.device:
+    if use_gpu and torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return torch.device("cpu")
 
@@ -219,11 +219,11 @@ def load_checkpoint(checkpoint_dir: Optional[str], model, cfg: TrainConfig) -> d
 
     d = Path(checkpoint_dir)
     state = json.loads((d / "state.json").read_text())
-    saved = TrainConfig(**{**to_dict(cfg), **state["config"], "betas": tuple(state["config"]["betas"])})
-    if saved.resume_key() != cfg.resume_key():
+    saved = cfg.resume_key(state["config"])
+    if saved != cfg.resume_key():
         from catalog.config import ConfigError
 
-        raise ConfigError(f"checkpoint {d} was written with {saved.resume_key()}, this run has {cfg.resume_key()}: "
+        raise ConfigError(f"checkpoint {d} was written with {saved}, this run has {cfg.resume_key()}: "
                           "use another train.name for a different run")
     load_parts(model, d / "model")
     state["optimizer"] = torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)
@@ -312,19 +312,22 @@ def training_step(wrapped: nn.Module, model, optimizer: torch.optim.Optimizer, p
 
 
 def train_loop(cfg: TrainConfig, model_cfg: ModelConfig, session: Session, run=None,
-               init_from: Optional[str] = None, degrade: Optional[Any] = None) -> dict[str, Any]:
+               init_from: Optional[str] = None, degrade: Optional[Any] = None, use_gpu: bool = False,
+               num_threads: int = 1) -> dict[str, Any]:
     """Train one stage on this worker; returns {"start_step", "step", "loss", "losses": {step: loss}}
     (losses averaged over workers).
 
     ``run``: a catalog.tracking.RunRef that rank 0 logs loss, lr and samples/s to every step, and
-    sample grids to every ``sample_every`` steps."""
+    sample grids to every ``sample_every`` steps. ``use_gpu`` and ``num_threads`` come from where the
+    worker runs (pipelines/train.py reads them from the stage's ``resources``): this worker's GPU
+    (LOCAL_RANK) when true and CUDA is present, else the CPU with ``num_threads`` torch threads."""
     from tqdm.auto import tqdm
 
-    device = device_of(cfg)
+    device = device_of(use_gpu)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # nccl collectives run on the current device
     else:
-        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+        torch.set_num_threads(max(1, num_threads))
     rank, world_size = session.rank, session.world_size
     model = setup_model(cfg, model_cfg, device, init_from)
     data = setup_data(cfg, session, degrade)
@@ -391,7 +394,7 @@ def train_loop(cfg: TrainConfig, model_cfg: ModelConfig, session: Session, run=N
 @torch.no_grad()
 def sample_grid(model, cfg: TrainConfig, data: TrainExamples, device: torch.device):
     """LQ | restored | HQ rows for the first ``num_samples`` examples of step 0, with the current
-    weights and the restoration-guided sampler (model/sampler.py) at ``sample_steps`` steps."""
+    weights and the restoration-guided sampler (model/sampler.py) at ``sample_num_steps`` steps."""
 
     from evaluation.grids import make_grid
     from model.colorfix import color_fix
@@ -399,7 +402,7 @@ def sample_grid(model, cfg: TrainConfig, data: TrainExamples, device: torch.devi
 
     batch = data.batch(0).to(device)
     n = min(cfg.num_samples, batch.hq.shape[0])
-    scfg = SamplerConfig(num_steps=cfg.sample_steps)
+    scfg = SamplerConfig(num_steps=cfg.sample_num_steps)
     c = cfg.crop_size
     rows = []
     for i in range(n):

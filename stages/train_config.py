@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Mapping, Optional
 
-from catalog.config import check
+from catalog.config import check, to_dict
+from catalog.resources import Resources, resource_keys
 
 STAGES = ("encoder", "adaptor")
 TRAINED_PARTS = {"encoder": ("encoder",), "adaptor": ("adaptor", "connectors")}
@@ -53,7 +54,9 @@ class TrainConfig:
     """Probability that a sample's caption is replaced by the empty prompt (classifier-free guidance)."""
 
     crop_size: int = 512
-    """Square training crops, pixels (paper: 512); a multiple of 8."""
+    """Square training crops, pixels (paper: 512); a multiple of 8. Not degrade.gt_size under another
+    name: crops are cut from the stored pairs (gt_size a side) and may be smaller (the demo trains
+    stage 2 on 64 px crops of 128 px pairs); with on_the_fly_degradation the LQ is made at this size."""
 
     on_the_fly_degradation: bool = False
     """Degrade each HQ crop anew at every step (the degrade stage's code and config) instead of
@@ -81,17 +84,20 @@ class TrainConfig:
     """Stage 2: log sample restorations (LQ | restored | HQ grid) every this many steps and at the
     last step, as MLflow images under the key ``samples`` (0: off)."""
 
-    sample_steps: int = 20
+    sample_num_steps: int = 20
     """Sampler steps of those sample restorations."""
 
     num_samples: int = 2
     """Images in each sample grid."""
 
-    num_workers: int = 1
-    """Ray Train workers (one process, one GPU each with use_gpu)."""
+    resources: Resources = field(default_factory=Resources)
+    """Ray Train workers (one process each), the CPUs Ray reserves for each (a CPU worker runs
+    max(1, floor of it) torch threads; leave at least one whole CPU of the node to Ray Data's read
+    tasks, or the data never arrives, e.g. 0.5 with 2 workers on 2 CPUs) and their GPUs: 1 trains
+    on one GPU per worker (nccl), 0 on CPU workers (gloo)."""
 
-    use_gpu: bool = False
-    """One GPU per worker (nccl); else CPU workers (gloo)."""
+    RENAMED: ClassVar[dict[str, str]] = {"sample_steps": "sample_num_steps",
+                                         **resource_keys(workers="num_workers", gpus="use_gpu", cpus="cpus_per_worker")}
 
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """ddp, or fsdp: shard the trained parts and their optimizer state (SDXL-size adaptor)."""
@@ -102,25 +108,22 @@ class TrainConfig:
     max_failures: int = 0
     """Worker-group restarts Ray Train makes after a failure (each resumes from the latest checkpoint)."""
 
-    cpus_per_worker: float = 1.0
-    """Ray CPUs reserved per worker; a CPU worker runs max(1, floor of it) torch threads. Leave at
-    least one whole CPU of the node to Ray Data's read tasks, or the data never arrives (e.g. 0.5
-    with 2 workers on 2 CPUs)."""
-
     progress: bool = True
     """A progress bar over steps on rank 0."""
 
     def __post_init__(self) -> None:
         p = f"train.{self.stage}"
         check(self.stage in STAGES, "train.stage", self.stage, "encoder or adaptor")
-        for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "num_workers", "sample_steps",
+        for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "sample_num_steps",
                      "num_samples"):
             check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"{p}.{name}",
                   getattr(self, name), "an integer >= 1")
         for name in ("warmup_steps", "sample_every", "max_failures", "seed"):
             check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, f"{p}.{name}",
                   getattr(self, name), "an integer >= 0")
-        check(self.cpus_per_worker > 0, f"{p}.cpus_per_worker", self.cpus_per_worker, "a number > 0")
+        self.resources.check(p)
+        check(self.resources.gpus_per_worker in (0, 1), f"{p}.resources.gpus_per_worker", self.resources.gpus_per_worker,
+              "0 (CPU workers, gloo) or 1 (one GPU per worker, nccl)")
         check(self.lr > 0 and math.isfinite(self.lr), f"{p}.lr", self.lr, "a number > 0")
         check(self.weight_decay >= 0, f"{p}.weight_decay", self.weight_decay, "a number >= 0")
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{p}.betas", list(self.betas),
@@ -144,10 +147,16 @@ class TrainConfig:
             return self.lr * (step + 1) / self.warmup_steps
         return self.lr
 
-    def resume_key(self) -> dict[str, Any]:
-        """Fields a resumed run must share with its checkpoint (the rest may change, e.g. steps)."""
-        return {k: getattr(self, k) for k in ("stage", "batch_size", "crop_size", "seed", "num_workers",
-                                              "fixed_batch", "on_the_fly_degradation")}
+    def resume_key(self, recorded: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+        """Fields a resumed run must share with its checkpoint (the rest may change, e.g. steps).
+
+        ``recorded``: the key of a checkpoint's recorded config instead (``to_dict`` of a TrainConfig;
+        fields it lacks are this one's; one written before ``resources:`` has ``num_workers``)."""
+        recorded = dict(recorded or {})
+        d = to_dict(self) | recorded
+        workers = recorded["num_workers"] if "num_workers" in recorded else d["resources"]["workers"]
+        return {k: d[k] for k in ("stage", "batch_size", "crop_size", "seed", "fixed_batch",
+                                  "on_the_fly_degradation")} | {"num_workers": workers}
 
 
 @dataclass

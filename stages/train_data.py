@@ -1,4 +1,4 @@
-"""Training examples: `pairs` rows (joined with captions) -> seeded, deterministic batches of tensors.
+"""Training examples: `pairs` rows (joined with captions by catalog/captions.py) -> seeded, deterministic batches of tensors.
 
 Each worker holds its share of the rows (on Ray Train, stages/train_shards.py: a contiguous run of
 the table planned on the driver, read by that worker alone; in one process, :func:`shard_rows`), in
@@ -26,20 +26,6 @@ from catalog import codec
 from catalog.seeds import generator
 
 TRAIN_COLUMNS = ("pair_id", "image_id", "kind", "hq", "lq", "caption", "params")
-
-
-def join_captions(rows: Iterable[Mapping[str, Any]], captions: Mapping[str, str]) -> list[dict[str, Any]]:
-    """Rows with a caption: the pair's own (negatives carry the negative prompt), else the image's
-    caption from the `captions` table, else the empty prompt."""
-    out = []
-    for r in rows:
-        r = dict(r)
-        cap = r.get("caption")
-        if not isinstance(cap, str) or not cap.strip():
-            cap = captions.get(str(r.get("image_id")), "") or ""
-        r["caption"] = cap
-        out.append(r)
-    return out
 
 
 def shard_rows(rows: Iterable[Mapping[str, Any]], rank: int, world_size: int) -> list[dict[str, Any]]:
@@ -161,6 +147,8 @@ class TrainExamples:
 
         from degradations import degrade_pairs, draw_params
 
+        # the degrade stage's section at this stage's crop size (train.crop_size, which may differ from the
+        # pairs' degrade.gt_size), LQ back at the crop size as SUPIR trains
         cfg = replace(self.degrade, gt_size=self.crop_size, lq_resize_to_gt=True)
         params = [draw_params(cfg, f"{pid}:{self.rank}:{step}") for pid in pair_ids]
         target, lq = degrade_pairs(hq, params)  # USM-sharpened target, LQ at the crop size

@@ -207,12 +207,14 @@ def test_float16_restore_keeps_the_vae_in_float32():
     assert out.shape == (64, 64, 3)
 
 
-def test_restore_cli_sampler_preset_flag():
-    from pipelines.restore import config_from_args, parse_args
+def test_restore_cli_sampler_preset_override():
+    from pipelines.restore import load_run_config, parse_args
 
-    base = ["--model", "m", "--input", "i", "--output", "o"]
-    released = config_from_args(parse_args(base + ["--sampler-preset", "released"]))
+    def restore(*overrides):
+        return load_run_config(parse_args(["--input", "i", "--output", "o", "restore.model=m", *overrides])).restore
+
+    released = restore("restore.sampler.preset=released")
     assert released.sampler.preset == "released" and released.sampler.sigma_snap and not released.tiling.tiled_vae
-    asked = config_from_args(parse_args(base + ["--sampler-preset", "released", "--tau-r", "4", "sampler.s_noise=1.0"]))
+    asked = restore("restore.sampler.preset=released", "restore.sampler.tau_r=4", "restore.sampler.s_noise=1.0")
     assert asked.sampler.tau_r == 4.0 and asked.sampler.s_noise == 1.0 and asked.sampler.sigma_snap
-    assert config_from_args(parse_args(base)).sampler.preset == "paper"
+    assert restore().sampler.preset == "paper"

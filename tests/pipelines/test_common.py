@@ -2,7 +2,8 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.common import ReadPending, caption_map
+from catalog.captions import caption_map
+from pipelines.common import ReadPending
 
 
 def _part(tmp_path, rows):
@@ -58,3 +59,16 @@ def test_training_rows_get_their_image_caption_or_the_empty_prompt():
     out = _OkWithCaptions({"i1": "a red door"}, ["i1", "i2", "i3"])(block)
     assert out.column_names == ["pair_id", "image_id", "caption"]
     assert out.column("caption").to_pylist() == ["a red door", "own", ""]
+
+
+def test_the_caption_join_lives_in_catalog_only():
+    """catalog/captions.py is the one join: no stage keeps a twin, pipelines/common.py reuses it."""
+    import catalog.captions
+    import pipelines.common
+    import stages.train_data
+
+    assert pipelines.common.fill_missing is catalog.captions.fill_missing
+    assert not hasattr(stages.train_data, "join_captions")
+    t = pa.table({"image_id": ["a", "b", "c"], "caption": [None, "neg", " "]})
+    out = catalog.captions.fill_missing(t, "caption", "image_id", {"a": "cat", "c": ""}, "")
+    assert out.column("caption").to_pylist() == ["cat", "neg", ""]

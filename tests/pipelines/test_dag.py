@@ -42,7 +42,7 @@ def test_every_stage_is_wired_everywhere():
 
 
 def test_a_stage_added_in_the_table_alone_is_reported():
-    new = dag.Stage("sharpen", lambda ctx: {}, "sharpen", ("pairs",), "sharpened")
+    new = dag.Stage("sharpen", lambda ctx: {}, "sharpen", ("pairs",), "sharpened", ("stages.sharpen",))
     assert problems(dag.STAGE_TABLE + (new,)) == [
         "sharpen: section 'sharpen' is not a RunConfig field with a cli.SECTIONS line",
         "sharpen: not in the DAG drawing of cli.DAG",

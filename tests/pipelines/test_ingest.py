@@ -46,6 +46,13 @@ def test_demo_crawl_filter_then_cache(tmp_path):
     assert "iqa_piqe" in f.column_names
     assert "Try SQL:" in r.stdout and "mlflow.db" in r.stdout
     m1 = lake.manifest("filtered")
+    # --plan compares the manifests with the code digest of the stage table, as the pipeline wrote it
+    from pipelines import plan
+    from pipelines.config import load_config
+
+    cfg = load_config(ROOT / "configs/demo.yaml", [f"lake={tmp_path / 'lake'}"])
+    for stage in ("crawl", "filter"):
+        assert plan.cache_state(cfg, cfg.lake, stage).endswith("cached unless its inputs changed"), stage
     # a second run is all cache hits: manifests untouched, no new parts
     r2 = _run(cmd, tmp_path)
     assert "cached" in r2.stderr

@@ -95,10 +95,10 @@ def test_sdxl_size_convert_and_restore_on_cpu(tmp_path):
     src = sorted((ROOT / "data" / "samples").glob("*.jpg"))[0]
     (tmp_path / "in").mkdir()
     Image.open(src).convert("RGB").resize((96, 64)).save(tmp_path / "in" / "photo.png")
-    cmd = [sys.executable, "pipelines/restore.py", "--model", str(ckpt), "--input", str(tmp_path / "in"),
-           "--output", str(tmp_path / "out"), "--steps", "2", "--min-size", "128", "--device", "cpu",
-           "--dtype", "bfloat16", "--sampler-preset", "released", "--no-tracking", "--no-progress",
-           "--num-cpus", "2"]
+    cmd = [sys.executable, "pipelines/restore.py", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+           f"restore.model={ckpt}", "restore.sampler.num_steps=2", "restore.min_size=128", "restore.device=cpu",
+           "restore.dtype=bfloat16", "restore.sampler.preset=released", "tracking.enabled=false",
+           "restore.progress=false", "ray.progress_bars=false", "ray.num_cpus=2"]
     r, times["restore_s"], restore_gib = run_measured(cmd, env)
     assert r.returncode == 0 and "restored 1/1 images" in r.stdout, r.stdout[-5000:]
     out = Image.open(tmp_path / "out" / "photo.png")

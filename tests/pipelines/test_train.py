@@ -19,10 +19,10 @@ from tests.support import ROOT
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 # Same settings for the reference run and the killed one (the run name differs, nothing else).
-ENCODER = {"steps": 24, "batch_size": 2, "lr": 2e-3, "crop_size": 64, "num_workers": 2, "checkpoint_every": 8,
-           "cpus_per_worker": 0.5, "progress": False, "seed": 3}
-ADAPTOR = {"steps": 12, "batch_size": 2, "lr": 2e-3, "crop_size": 64, "num_workers": 2, "checkpoint_every": 6,
-           "cpus_per_worker": 0.5, "progress": False, "fixed_batch": True, "sample_every": 6, "sample_steps": 2,
+ENCODER = {"steps": 24, "batch_size": 2, "lr": 2e-3, "crop_size": 64, "checkpoint_every": 8,
+           "resources": {"workers": 2, "cpus_per_worker": 0.5}, "progress": False, "seed": 3}
+ADAPTOR = {"steps": 12, "batch_size": 2, "lr": 2e-3, "crop_size": 64, "checkpoint_every": 6,
+           "resources": {"workers": 2, "cpus_per_worker": 0.5}, "progress": False, "fixed_batch": True, "sample_every": 6, "sample_num_steps": 2,
            "num_samples": 1}
 
 
@@ -32,14 +32,14 @@ def ctx(tmp_path_factory, ray_local):
     from catalog.config import from_dict
     from catalog.tracking import Tracker
     from pipelines.common import Context
-    from pipelines.train import TrainRunConfig
+    from pipelines.config import RayConfig, RunConfig
     from stages.train import TrainSection
 
     root = tmp_path_factory.mktemp("train")
     lake = make_lake(root / "lake", sample_photos()[:4], gt_size=64)
     ray_cfg = ray_local
     section = from_dict(TrainSection, {"name": "ref", "encoder": ENCODER, "adaptor": ADAPTOR}, prefix="train")
-    cfg = TrainRunConfig(lake=str(root / "lake"), ray=ray_cfg, train=section)
+    cfg = RunConfig(lake=str(root / "lake"), ray=ray_cfg, train=section)
     tracker = Tracker(cfg.tracking, cfg.lake)
     with tracker.pipeline("train-tests", {}):
         yield Context(cfg, lake, tracker)
@@ -123,7 +123,7 @@ def test_sigkill_then_rerun_resumes_at_the_next_step(ctx, encoder_run, tmp_path)
     config.write_text(yaml.safe_dump({"lake": ctx.cfg.lake, "ray": {"progress_bars": False},
                                       "train": {"name": "killed", "encoder": ENCODER}}))
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "pipelines/train.py", "--config", str(config), "--stage", "encoder"]
+    cmd = [sys.executable, "pipelines/train.py", "--config", str(config), "stages=[train_encoder]"]
     # Ray Train lists the checkpoints it has registered in this snapshot; a rerun resumes from its latest
     snapshot = Path(ctx.cfg.lake) / "train" / "killed-encoder" / "checkpoint_manager_snapshot.json"
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

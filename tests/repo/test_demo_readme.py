@@ -36,10 +36,10 @@ AFTER_DEMO = [
     "python -m catalog.sql \"SELECT json_extract_string(params, '$.kernel1.type') AS kernel, count(*) FROM pairs GROUP BY 1\"",
     "python -c \"from pathlib import Path; from PIL import Image; Path('small').mkdir(exist_ok=True); "
     "[Image.open(p).reduce(8).save(Path('small', p.name)) for p in sorted(Path('data/samples').glob('*.jpg'))]\"",
-    "python pipelines/restore.py --model models:/supir-demo@champion --experiment supir-demo --input small/ "
-    "--output restored/ --min-size 128 --steps 10 --device cpu",
-    "python pipelines/restore.py --model lake/train/demo-adaptor/final --input small/ --output restored/ "
-    "--min-size 128 --steps 10 --device cpu",
+    "python pipelines/restore.py --input small/ --output restored/ restore.model=models:/supir-demo@champion "
+    "tracking.experiment=supir-demo restore.min_size=128 restore.sampler.num_steps=10 restore.device=cpu",
+    "python pipelines/restore.py --input small/ --output restored/ restore.model=lake/train/demo-adaptor/final "
+    "restore.min_size=128 restore.sampler.num_steps=10 restore.device=cpu",
 ]
 # README "Comparing runs", after the second run
 SQL_COMPARE = '''python -m catalog.sql "

@@ -14,7 +14,7 @@ README = (ROOT / "README.md").read_text()
 
 # commands run by a named test, verbatim (the test file must contain the command's text)
 VERBATIM = {
-    "python pipelines/train.py -c configs/sdxl.yaml --stage all":
+    "python pipelines/train.py -c configs/sdxl.yaml":
         "tests/pipelines/test_cli.py::test_readme_sdxl_train_command_refuses_without_gpus",
 }
 # commands a test runs in an equivalent form (what differs is said)
@@ -31,9 +31,9 @@ EQUIVALENT = {
     "--out checkpoints/supir-v0Q [--register supir@official]":
         "tests/pipelines/test_restore_sdxl_size.py::test_sdxl_size_convert_and_restore_on_cpu (a random file in the released layout, "
         "the sdxl preset's random prior; --register: tests/model/test_convert_official.py)",
-    "python pipelines/restore.py --model checkpoints/supir-v0Q --input photos/ --output restored/ --sampler-preset "
-    "released [--upscale 2] [--prior /models/sd_xl_base_1.0_0.9vae.safetensors]":
-        "tests/pipelines/test_restore_sdxl_size.py::test_sdxl_size_convert_and_restore_on_cpu (2 steps, --min-size 128, bf16 on CPU)",
+    "python pipelines/restore.py --input photos/ --output restored/ restore.model=checkpoints/supir-v0Q "
+    "restore.sampler.preset=released [restore.upscale=2] [restore.prior=/models/sd_xl_base_1.0_0.9vae.safetensors]":
+        "tests/pipelines/test_restore_sdxl_size.py::test_sdxl_size_convert_and_restore_on_cpu (2 steps, restore.min_size=128, bf16 on CPU)",
 }
 # commands no test can run here, and why
 NOT_RUN = {

@@ -179,14 +179,18 @@ def test_decode_image_shrinks_to_the_model_side(photo_bytes):
         ("batch_size", 0),
         ("min_new_tokens", 600),
         ("image_side", 4),
-        ("actors", 0),
-        ("num_gpus_per_actor", -1.0),
         ("model", " "),
     ],
 )
 def test_bad_config_value_names_the_field(field, value):
     with pytest.raises(ConfigError, match=rf"caption\.{field} = "):
         CaptionConfig(**{field: value})
+
+
+@pytest.mark.parametrize("key, value", [("workers", 0), ("gpus_per_worker", -1.0), ("cpus_per_worker", 0)])
+def test_bad_resources_name_the_field(key, value):
+    with pytest.raises(ConfigError, match=rf"caption\.resources\.{key} = "):
+        from_dict(CaptionConfig, {"resources": {key: value}}, prefix="caption")
 
 
 def test_config_from_yaml_mapping():

@@ -12,6 +12,7 @@ from PIL import Image
 
 from catalog.config import ConfigError
 from catalog.lake import conform
+from degradations import DegradeConfig
 from catalog.schemas import pair_id_of
 from model.images import psnr
 from model.prior import PriorModel, load_prior
@@ -53,7 +54,7 @@ def batch(photos):
 
 
 def _cfg(folder, **kw):
-    return NegativesConfig(prior=str(folder), crop_size=CROP, num_steps=10, **kw)
+    return NegativesConfig(prior=str(folder), degrade=DegradeConfig(gt_size=CROP), num_steps=10, **kw)
 
 
 def test_config_checks():
@@ -61,8 +62,8 @@ def test_config_checks():
         NegativesConfig(strength=0.0)
     with pytest.raises(ConfigError, match="negatives.num_steps"):
         NegativesConfig(num_steps=1, strength=0.5)
-    with pytest.raises(ConfigError, match="negatives.crop_size"):
-        NegativesConfig(crop_size=100)
+    with pytest.raises(ConfigError, match="negatives.degrade.gt_size"):
+        NegativesConfig(degrade=DegradeConfig(gt_size=100, scale=4))
     with pytest.raises(ConfigError, match="negatives.prior"):
         NegativeMaker(NegativesConfig())
     assert sdedit_start(30, 0.5) == 15 and sdedit_start(30, 1.0) == 0 and sdedit_start(10, 0.55) == 5
@@ -99,7 +100,7 @@ def test_deterministic_for_a_seed(prior, batch):
     # another batch composition: each pair's noise is its own, so only float rounding of the
     # batched convolutions can differ (at most a few 8-bit levels)
     sub = {k: v[[3, 0]] for k, v in batch.items()}
-    b = NegativeMaker(_cfg(folder, micro_batch=1), prior=p)(sub)
+    b = NegativeMaker(_cfg(folder, batch_size=1), prior=p)(sub)
     for i, j in ((0, 3), (1, 0)):
         x = np.asarray(Image.open(io.BytesIO(b["hq"][i])), dtype=np.int16)
         y = np.asarray(Image.open(io.BytesIO(a["hq"][j])), dtype=np.int16)
@@ -162,8 +163,8 @@ def test_pipeline_prior_and_negatives(tmp_path, photos, request):
     from catalog.tracking import Tracker, TrackingConfig
     from model.config import ModelConfig
     from pipelines.common import Context
-    from pipelines.config import RayConfig
-    from pipelines.prior import PriorRunConfig, run_negatives, run_prior
+    from pipelines.config import RayConfig, RunConfig
+    from pipelines.prior import run_negatives, run_prior
     from stages.degrade import DegradeConfig, Degrader
     from stages.prior_train import read_stage0
     from stages.prior_train_config import PriorTrainConfig
@@ -178,12 +179,13 @@ def test_pipeline_prior_and_negatives(tmp_path, photos, request):
     degraded = Degrader(DegradeConfig(gt_size=64))({"image_id": _objects(ids[:2]), "bytes": _objects(data[:2])})
     lake.write_part("pairs/degraded", pa.table({k: list(v) for k, v in degraded.items()}))
 
-    cfg = PriorRunConfig(
+    cfg = RunConfig(
         lake=str(tmp_path / "lake"), tracking=TrackingConfig(experiment="prior-test"),
+        degrade=DegradeConfig(gt_size=CROP),  # the negatives take the run's degrade section (like_pairs)
         ray=RayConfig(num_cpus=2, progress_bars=False), model=ModelConfig(prior="train"),
         prior_train=PriorTrainConfig(vae_steps=3, unet_steps=3, crop_size=32, batch_size=2, eval_crops=2,
-                                     sample_steps=2, num_threads=1, progress=False),
-        negatives=NegativesConfig(crop_size=CROP, num_steps=4, batch_size=2),
+                                     sample_num_steps=2, num_threads=1, progress=False),
+        negatives=NegativesConfig(num_steps=4, rows_per_batch=2),
         split=SplitConfig(heldout_fraction=0.0, min_heldout=0))  # every photo in the train split: stage 0 sees all
     tracker = Tracker(cfg.tracking, cfg.lake)
     ctx = Context(cfg, lake, tracker)
@@ -210,11 +212,17 @@ def test_pipeline_prior_and_negatives(tmp_path, photos, request):
     assert any(a.path == "negatives_grid.png" for r in runs for a in client.list_artifacts(r.info.run_id))
 
 
-def test_cli_config_reads_its_sections_of_a_run_config():
-    from pipelines.prior import ROOT_DEMO, PriorRunConfig, load_prior_config
+def test_cli_is_the_run_config_limited_to_prior_and_negatives(capsys):
+    """pipelines/prior.py is full.py's runner over its two stages: the whole run config, checked whole."""
+    from pipelines.full import main
+    from pipelines.prior import GROUP
 
-    cfg = load_prior_config(str(ROOT_DEMO), ["prior_train.vae_steps=5", "model.prior=train", "negatives.seed=3"])
-    assert isinstance(cfg, PriorRunConfig) and cfg.prior_train.vae_steps == 5 and cfg.negatives.seed == 3
-    assert cfg.ray.num_cpus == 2  # the demo's ray section
-    with pytest.raises(ConfigError, match="negatives.strenght"):
-        load_prior_config(str(ROOT_DEMO), ["negatives.strenght=0.5"])
+    demo = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    assert main(["--config", demo, "--plan", "lake=/nonexistent-lake"], only=GROUP) == 0
+    plan = capsys.readouterr().out.split("stages (")[1]
+    assert [line.strip() for line in plan.splitlines()[1:] if line.startswith("  ") and line[2] != " "] == list(GROUP)
+    assert main(["--config", demo, "--plan", "negatives.strenght=0.5"], only=GROUP) == 2
+    assert "negatives.strenght" in capsys.readouterr().err
+    assert main(["--config", demo, "--print-config", "stages=[prior]"], only=GROUP) == 0
+    out = capsys.readouterr().out
+    assert "\nstages: [prior]" in out and "\ndegrade:" in out  # every section: negatives follow its degrade

@@ -121,7 +121,7 @@ def test_trained_prior_loads_back(prior_run):
 def test_train_prior_is_seeded(tmp_path, photos):
     torch_threads(1)
     images, captions = sample_images(photos[:3])
-    cfg = PriorTrainConfig(vae_steps=2, unet_steps=2, crop_size=32, batch_size=2, eval_crops=2, sample_steps=0,
+    cfg = PriorTrainConfig(vae_steps=2, unet_steps=2, crop_size=32, batch_size=2, eval_crops=2, sample_num_steps=0,
                            num_threads=1, progress=False)
     a = load_prior(str(train_prior(cfg, ModelConfig(), images, captions, tmp_path / "a")), "tiny")
     b = load_prior(str(train_prior(cfg, ModelConfig(), images, captions, tmp_path / "b")), "tiny")

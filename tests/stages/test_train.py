@@ -15,7 +15,7 @@ from PIL import Image
 from catalog.config import ConfigError, from_dict
 from model.config import ModelConfig
 from stages.train import LocalSession, TrainConfig, TrainSection, train_loop
-from stages.train_data import TrainExamples, decode, join_captions, shard_rows
+from stages.train_data import TrainExamples, decode, shard_rows
 from tests.support.train_helpers import make_pairs, sample_photos
 
 TINY = ModelConfig(preset="tiny")
@@ -81,8 +81,6 @@ def test_shards_and_captions(rows):
     shards = [shard_rows(rows, r, 3) for r in range(3)]
     assert sorted(p["pair_id"] for s in shards for p in s) == sorted(r["pair_id"] for r in rows)
     assert shard_rows(rows[:1], 2, 3)[0]["pair_id"] == rows[0]["pair_id"]  # fewer rows than workers
-    joined = join_captions([{"image_id": "a", "caption": None}, {"image_id": "b", "caption": "neg"}], {"a": "cat"})
-    assert [r["caption"] for r in joined] == ["cat", "neg"]
 
 
 def test_on_the_fly_degradation_uses_the_degrade_stage(rows):

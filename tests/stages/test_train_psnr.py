@@ -42,7 +42,7 @@ def demo_budget_run(tmp_path_factory):
     if os.environ.get("SUPIR_TEST_PRIOR"):
         prior = Path(os.environ["SUPIR_TEST_PRIOR"])
     else:
-        p0 = dataclasses.replace(demo.prior_train, unet_steps=0, sample_steps=0, progress=False, num_threads=2,
+        p0 = dataclasses.replace(demo.prior_train, unet_steps=0, sample_num_steps=0, progress=False, num_threads=2,
                                  device="cpu")
         prior = train_prior(p0, ModelConfig(preset="tiny"), [p.read_bytes() for p in photos],
                             [f"a photo, {p.stem.split('_by_')[0].lower()}" for p in photos], tmp_path / "prior")

@@ -15,7 +15,7 @@ from tests.support import SAMPLES
 
 # Small enough for the CPU test budget (crop 32: latents 4x4), large enough to learn something.
 TEST_PRIOR = PriorTrainConfig(vae_steps=200, unet_steps=100, crop_size=32, batch_size=8, vae_lr=5e-3, unet_lr=1e-3,
-                              warmup_steps=20, min_scale=0.5, holdout_images=1, eval_crops=16, sample_steps=4,
+                              warmup_steps=20, min_scale=0.5, holdout_images=1, eval_crops=16, sample_num_steps=4,
                               num_threads=1, progress=False, seed=0)
 
 

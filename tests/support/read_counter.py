@@ -1,6 +1,6 @@
 """A local pyarrow filesystem that counts what is read through it: bytes and the files opened.
 
-The oracle for "each training worker reads only its share" (tests/test_train_shards.py,
+The oracle for "each training worker reads only its share" (tests/stages/test_train_shards.py,
 bench/train_read.py): the bytes come from the file handles Parquet reads through, not from metadata.
 """
 from __future__ import annotations
