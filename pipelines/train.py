@@ -32,6 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -64,7 +65,7 @@ from catalog.lake import Lake
 from catalog.registry import is_model_uri, publish as publish_model, resolve_model_path
 from catalog.tracking import RunRef, Tracker
 from model.config import ModelConfig
-from stages.train import STAGES, TrainConfig, TrainSection, train_loop
+from stages.train import TrainConfig, TrainSection, train_loop
 from stages.train_shards import Piece, ReadStats, eligible_groups, plan_shares, read_share
 
 log = logging.getLogger("supir")

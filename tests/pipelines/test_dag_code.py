@@ -50,7 +50,12 @@ def test_plan_compares_a_manifest_with_the_table_code_digest(tmp_path, stage):
     cfg = RunConfig()
     want = plan._config_digest(cfg, stage)
     code = BY_NAME[stage].code_digest() + (":pyiqa-x:weights" if stage == "evaluate" else "")
-    folder = tmp_path / BY_NAME[stage].writes
+    table = BY_NAME[stage].writes
+    if stage.startswith("train_"):  # one record per run name
+        from pipelines.dag import train_record
+
+        table = train_record(stage.removeprefix("train_"), cfg.train.name)
+    folder = tmp_path / table
     folder.mkdir(parents=True)
 
     def state(code: str) -> str:

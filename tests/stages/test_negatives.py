@@ -20,6 +20,7 @@ from stages.degrade import regenerate
 from stages.negatives import KIND, NegativeMaker, NegativesConfig, sdedit, sdedit_start
 from model.sampler import NEGATIVE_QUALITY_PROMPT
 from stages.split import SplitConfig
+from tests.support import ROOT
 from tests.support.prior_fixtures import torch_threads, trained_prior
 
 CROP = 64
@@ -217,7 +218,7 @@ def test_cli_is_the_run_config_limited_to_prior_and_negatives(capsys):
     from pipelines.full import main
     from pipelines.prior import GROUP
 
-    demo = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    demo = str(ROOT / "configs" / "demo.yaml")
     assert main(["--config", demo, "--plan", "lake=/nonexistent-lake"], only=GROUP) == 0
     plan = capsys.readouterr().out.split("stages (")[1]
     assert [line.strip() for line in plan.splitlines()[1:] if line.startswith("  ") and line[2] != " "] == list(GROUP)

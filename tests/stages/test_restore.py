@@ -18,7 +18,7 @@ from model.tiling import TilingConfig
 from catalog.codec import encode_png
 from stages.restore import RestoreConfig, Restorer
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
 
 FAST = dict(min_size=64, progress=False, sampler=SamplerConfig(num_steps=3))
 
