@@ -30,7 +30,9 @@ STAGE_HELPERS = {
     ("stages.crawl_sources", "stages.crawl_http"): "FetchError, the crawl's one error type",
     ("stages.restore_pyfunc_model", "stages.restore_pyfunc"): "MLflow's models-from-code file for the pyfunc",
     ("stages.restore_pyfunc", "stages.restore"): "the MLflow pyfunc packages the restore stage's Restorer",
-    ("stages.ablations", "stages.restore"): "s2 moves it: the restoration algorithm goes to model/",
+    ("stages.ablations", "stages.restore"): "ablation rows are restore rows with other sampler settings: the restore "
+                                           "stage's own batch adapter and config, so both come from one code path "
+                                           "(the algorithm itself is model/restoration.py)",
 }
 
 # layers below stages/ and what they must not import
