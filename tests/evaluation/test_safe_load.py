@@ -71,9 +71,12 @@ def test_metrics_check_with_crafted_weights_runs_no_code(tmp_path):
     assert lpips.status == "error" and "7be5be79" in lpips.error, lpips
     assert not marker.exists()
 
-    real = ROOT / "weights" / "pyiqa" / "alex_shift_tolerant.pth"
-    if not real.exists():
-        pytest.skip("no seeded weights folder (python -m evaluation.metrics seed)")
+    # the genuine file, seeded offline from stlpips-pytorch (what `make weights` does; NIQE not needed)
+    from evaluation.metrics import seed_weights
+
+    report = seed_weights(tmp_path / "genuine", None, download_sdist=False)
+    assert report["alex_shift_tolerant.pth"] == "ok", report
+    real = tmp_path / "genuine" / "pyiqa" / "alex_shift_tolerant.pth"
     shutil.copy(real, weights / "pyiqa" / real.name)
     m = load_metric("stlpips", weights, torch.device("cpu"))
     assert m.status == "ok", m.error
