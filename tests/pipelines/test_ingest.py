@@ -82,7 +82,7 @@ def test_crawl_killed_half_way_resumes_without_refetching(tmp_path, photos):
             tmp_path,
             stages=["crawl"],
             crawl={"sources": [str(tmp_path / "urls.txt")], "allow_private_addresses": True, "threads": 1,
-                   "shard_rows": 2, "workers": 1, "timeout_s": 5},
+                   "shard_rows": 2, "resources": {"workers": 1}, "timeout_s": 5},
         )
         cmd = [sys.executable, "pipelines/full.py", "--config", str(cfg)]
         ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")  # short: Ray's unix sockets live under it
