@@ -12,14 +12,6 @@ from model.prior import SINGLE_FILE_FORMAT, save_prior, save_prior_single_file, 
 from model.supir import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine: intra-op threads only fight each other (40x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _perturb(model, seed=3):
     g = torch.Generator().manual_seed(seed)
