@@ -7,7 +7,7 @@ Every image draws u = seed_of("split", seed, image_id) / 2^63, uniform in [0, 1)
 of its content key and the seed, so an image's split never depends on the batch or the order it
 arrived in, and the same photo is held out on every machine. The held-out images are those with
 u < ``heldout_fraction``; when that leaves fewer than ``min_heldout`` (a small set such as the
-demo's 8 photos), the ``min_heldout`` images with the smallest u are held out instead. So the split
+demo's 15 photos), the ``min_heldout`` images with the smallest u are held out instead. So the split
 of a set is fixed by (its image_ids, the config); stages 0, 1 and 2 and the negatives read only
 "train" images, restore and evaluate score both splits, and `metrics` carries the split column.
 No Ray here: pipelines/ pass the kept image_ids of `filtered`.

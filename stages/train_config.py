@@ -32,6 +32,10 @@ class TrainConfig:
     warmup_steps: int = 0
     """Linear warmup from 0 to lr over this many steps."""
 
+    lr_decay: Literal["constant", "cosine"] = "constant"
+    """After warmup: constant (paper), or cosine from lr down to 0 at ``steps`` (a short run then ends
+    on small updates, so its last weights do not depend on the last few batches)."""
+
     weight_decay: float = 0.0
     """AdamW decoupled weight decay."""
 
@@ -125,6 +129,7 @@ class TrainConfig:
         check(self.resources.gpus_per_worker in (0, 1), f"{p}.resources.gpus_per_worker", self.resources.gpus_per_worker,
               "0 (CPU workers, gloo) or 1 (one GPU per worker, nccl)")
         check(self.lr > 0 and math.isfinite(self.lr), f"{p}.lr", self.lr, "a number > 0")
+        check(self.lr_decay in ("constant", "cosine"), f"{p}.lr_decay", self.lr_decay, "constant or cosine")
         check(self.weight_decay >= 0, f"{p}.weight_decay", self.weight_decay, "a number >= 0")
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{p}.betas", list(self.betas),
               "two numbers in [0, 1)")
@@ -142,9 +147,13 @@ class TrainConfig:
               "null with strategy fsdp (the EMA would hold only this worker's shard)")
 
     def lr_at(self, step: int) -> float:
-        """Learning rate of update ``step`` (0-based): linear warmup, then constant (paper)."""
+        """Learning rate of update ``step`` (0-based): linear warmup, then constant (paper) or cosine
+        down to 0 at ``steps``."""
         if self.warmup_steps and step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
+        if self.lr_decay == "cosine":
+            done = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
         return self.lr
 
     def resume_key(self, recorded: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:

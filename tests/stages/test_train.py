@@ -41,6 +41,14 @@ def test_config_checks_name_key_and_value():
     section = from_dict(TrainSection, {"encoder": {"steps": 3}, "adaptor": {"lr": 1e-4}}, prefix="train")
     assert (section.encoder.stage, section.adaptor.stage) == ("encoder", "adaptor")
     assert TrainConfig(lr=1e-3, warmup_steps=4).lr_at(1) == pytest.approx(5e-4)
+    # cosine: the peak after warmup, half way down at the middle of the rest, 0 at the last step
+    cos = TrainConfig(lr=1e-3, warmup_steps=4, steps=104, lr_decay="cosine")
+    assert cos.lr_at(3) == pytest.approx(1e-3) and cos.lr_at(4) == pytest.approx(1e-3)
+    assert cos.lr_at(54) == pytest.approx(5e-4) and cos.lr_at(104) == pytest.approx(0.0, abs=1e-12)
+    assert [cos.lr_at(s) >= cos.lr_at(s + 1) for s in range(4, 104)] == [True] * 100
+    assert TrainConfig(lr=1e-3, steps=104).lr_at(100) == pytest.approx(1e-3)  # constant (the paper)
+    with pytest.raises(ConfigError, match="train.encoder.lr_decay"):
+        TrainConfig(lr_decay="linear")
 
 
 def test_batches_are_a_function_of_the_step(rows):

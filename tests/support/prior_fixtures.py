@@ -24,7 +24,7 @@ def sample_images(paths) -> tuple[list[bytes], list[str]]:
 
 
 def trained_prior(paths: tuple[Path, ...] | None = None) -> tuple[Path, dict, float]:
-    """(folder, stage0.json, seconds) of TEST_PRIOR trained on ``paths`` (default: the 8 shipped
+    """(folder, stage0.json, seconds) of TEST_PRIOR trained on ``paths`` (default: the shipped
     sample photos, the demo's data; the last one by name is held out). Trained once per process
     for each set of photos: import this module as ``prior_fixtures`` everywhere so the cache is shared."""
     return _trained(tuple(sorted(Path(p).resolve() for p in (paths or SAMPLES.glob("*.jpg")))))
