@@ -18,6 +18,7 @@ from catalog import layout
 from catalog.captions import caption_map
 from pipelines.common import Context, data_split, run_stage
 from pipelines.dag import BY_NAME
+from pipelines.restore import restore_models
 from stages.ablations import AblationConfig, ablation_runs, stage_class
 from stages.restore import RestoreConfig
 
@@ -63,6 +64,7 @@ def run_ablations(ctx: Context, restore: RestoreConfig, cfg: AblationConfig | No
             where=("status", "ok"),
             allow=allow,
             fill=("caption", "image_id", captions),
+            models=restore_models(run.restore),
         )
         log.info("ablations: %s -> %s", name, out[name])
     return out

@@ -189,6 +189,42 @@ class ReadPending:
         return block
 
 
+def folder_digest(path: str) -> str:
+    """Identity of a model folder's current files, for a stage's cache key: each file's relative
+    path, size and modification time (local paths or filesystem URIs such as s3://). A model
+    retrained into the same folder (same train.name, another config) has new files and so another
+    digest; the stages that load it then rerun instead of keeping restorations of the old one.
+    Metadata only, so a multi-GB SDXL checkpoint costs a directory listing, not a read."""
+    import hashlib
+
+    import pyarrow.fs as pafs
+
+    path = str(path)
+    if "://" in path and not path.startswith("file://"):
+        fs, base = pafs.FileSystem.from_uri(path)
+    else:
+        fs, base = pafs.LocalFileSystem(), os.path.abspath(path.removeprefix("file://"))
+    info = fs.get_file_info(base)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no model folder or file {path!r}")
+    files = [info] if info.type == pafs.FileType.File else [
+        f for f in fs.get_file_info(pafs.FileSelector(base, recursive=True)) if f.type == pafs.FileType.File]
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.path):
+        rel = os.path.relpath(f.path, base) if f.path != base else os.path.basename(base)
+        h.update(f"{rel}\0{f.size}\0{f.mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+def model_identity(model: str, tracking_uri: Optional[str] = None) -> str:
+    """Cache-key identity of a model a stage loads: a folder's files (:func:`folder_digest`); for
+    ``models:/<name>@<alias>`` the version the alias points at now (moving the alias reruns the
+    stage), for ``models:/<name>/<version>`` and ``runs:/`` URIs the URI itself (immutable)."""
+    from catalog.registry import is_model_uri, model_version_source
+
+    if not is_model_uri(model):
+        return folder_digest(model)
+    return digest(model_version_source(model, tracking_uri) if model.startswith("models:/") else model)[:16]
+
 def run_stage(
     ctx: Context,
     *,
@@ -211,6 +247,7 @@ def run_stage(
     finalize: Optional[Callable[[RunRef], None]] = None,
     counts: Optional[Callable[[], dict[str, int]]] = None,
     fill: Optional[tuple[str, str, dict]] = None,
+    models: Optional[dict[str, str]] = None,
 ) -> dict[str, int]:
     """Run one map stage: cached when nothing changed, resumed when killed, else fresh.
 
@@ -219,6 +256,8 @@ def run_stage(
     ``table``; ``key`` identifies an input row in the output (for resume). ``finalize`` runs global passes once all rows are written.
     ``fill`` = (column, by, values) fills an input row's missing ``column`` with ``values[row[by]]``.
     ``resources`` (the section's ``resources:``) and ``gpu`` size the actor pool (:func:`actor_pool`).
+    ``models`` = {name: folder or models:/ URI} are the models the stage loads: they are inputs of its
+    cache key like the tables (:func:`model_identity`), so retraining a model into the same folder reruns it.
     """
     import ray
 
@@ -226,6 +265,8 @@ def run_stage(
     spec_inputs = {t: lake.digest(t) for t in inputs}
     if allow is not None:  # which rows may pass is an input too (the held-out split changes it)
         spec_inputs["allow"] = digest(sorted(map(str, allow)))
+    for name, model in (models or {}).items():
+        spec_inputs[name] = model_identity(model, ctx.tracker.uri)
     spec = StageSpec(stage, table, spec_inputs, digest(section), code)
     state = lake.begin(spec)
     count = counts or (lambda: lake.status_counts(table, status_column))

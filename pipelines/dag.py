@@ -93,12 +93,20 @@ def run_train(ctx, stage: str) -> dict:
     A changed spec starts the stage's Ray Train run afresh; the same spec after a kill resumes it
     from its latest checkpoint (pipelines/train.py). Records are kept per run name (:func:`train_record`)."""
     from catalog.lake import StageSpec
-    from pipelines.train import run_train as train, storage
+    from catalog.registry import is_model_uri
+    from pipelines.common import model_identity
+    from pipelines.train import resolve_init_from, run_train as train, storage
 
     run_prior(ctx)
     lake, section = ctx.lake, ctx.cfg.train
     me = BY_NAME[f"train_{stage}"]
-    spec = StageSpec(me.name, train_record(stage, section.name), {t: lake.digest(t) for t in me.reads},
+    inputs = {t: lake.digest(t) for t in me.reads}
+    # the model it starts from (stage 2: stage 1's E_dr) is an input: a retrained E_dr retrains stage 2
+    cfg = section.stage(stage)
+    init_from = cfg.init_from if is_model_uri(cfg.init_from or "") else resolve_init_from(lake, section, cfg)
+    if init_from:
+        inputs["init_from"] = model_identity(init_from, getattr(ctx.tracker, "uri", None))
+    spec = StageSpec(me.name, train_record(stage, section.name), inputs,
                      train_config_digest(ctx.cfg, stage), me.code_digest())
     drop_old_layout_record(lake, me.writes)
     state = lake.begin(spec)

@@ -110,7 +110,8 @@ def cache_state(cfg: Any, lake_root: str, stage: str) -> str:
         done = [name for name in _partitions(fs, f"{base.rstrip('/')}/{table}") if read(f"{name}/_manifest.json")]
         if done:
             return (f"{len(done)} restoration run(s) done ({', '.join(sorted(done)[:4])}{', ...' if len(done) > 4 else ''}); "
-                    "a run whose config, model or code changed gets a new run id and runs")
+                    "a run whose config or model path changed gets a new run id and runs; one whose model files, "
+                    "inputs or code changed reruns in place")
     if manifest is None:
         return "started, will resume from its finished parts" if read("_started.json") else "not run: runs"
     spec = manifest.get("spec", {})

@@ -250,7 +250,16 @@ def run_restore(ctx, cfg: Optional[RestoreConfig] = None) -> dict[str, int]:
         where=("status", "ok"),
         fill=("caption", "image_id", captions),  # degraded pairs carry no caption: the image's, as training reads it
         finalize=lambda run: log_lake_restorations(ctx.lake, cfg, run),
+        models=restore_models(cfg),
     )
+
+
+def restore_models(cfg: RestoreConfig) -> dict[str, str]:
+    """The models a restore run loads, for its cache key: the checkpoint, and a separate prior folder."""
+    out = {"model": cfg.model}
+    if cfg.prior and Path(cfg.prior).exists():
+        out["prior"] = cfg.prior
+    return out
 
 
 def log_lake_restorations(lake, cfg: RestoreConfig, run: RunRef) -> dict[str, float]:

@@ -1,6 +1,8 @@
-"""pipelines/common.py's part reader: the rows a stage's actors get (filters, resume, the caption join)."""
+"""pipelines/common.py's part reader: the rows a stage's actors get (filters, resume, the caption join),
+and the identity of a model a stage loads (its cache key)."""
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from catalog.captions import caption_map
 from pipelines.common import ReadPending
@@ -72,3 +74,31 @@ def test_the_caption_join_lives_in_catalog_only():
     t = pa.table({"image_id": ["a", "b", "c"], "caption": [None, "neg", " "]})
     out = catalog.captions.fill_missing(t, "caption", "image_id", {"a": "cat", "c": ""}, "")
     assert out.column("caption").to_pylist() == ["cat", "neg", ""]
+
+
+def test_a_models_identity_follows_its_files_not_its_path(tmp_path):
+    """Stages that load a model key their cache on it (pipelines.common.model_identity): the same
+    files give the same identity, a file rewritten in place (a model retrained into the same
+    folder) another one; a missing folder is an error naming it; runs:/ URIs are immutable."""
+    import os
+
+    from pipelines.common import folder_digest, model_identity
+
+    model = tmp_path / "supir"
+    (model / "adaptor").mkdir(parents=True)
+    (model / "supir.json").write_text("{}")
+    (model / "adaptor" / "model.safetensors").write_bytes(b"weights v1")
+    first = model_identity(str(model))
+    assert first == folder_digest(str(model)) == model_identity(f"file://{model}") and len(first) == 16
+    (model / "adaptor" / "model.safetensors").write_bytes(b"weights v2")  # same size, new content
+    st = os.stat(model / "adaptor" / "model.safetensors")
+    os.utime(model / "adaptor" / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert model_identity(str(model)) != first
+    (model / "encoder").mkdir()
+    second = model_identity(str(model))
+    assert model_identity(str(model)) == second  # an empty folder is not a file: unchanged listing
+    (model / "encoder" / "model.safetensors").write_bytes(b"e")
+    assert model_identity(str(model)) != second
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        model_identity(str(tmp_path / "nowhere"))
+    assert model_identity("runs:/abc/model") == model_identity("runs:/abc/model") != model_identity("runs:/abd/model")

@@ -81,3 +81,11 @@ def test_caption_degrade_and_lake_restore_through_ray(tmp_path):
     assert lost_ids and lost_ids <= {p["pair_id"] for p in again}
     # the degrade draws are seeded per pair: the remade rows are the same bytes
     assert {p["pair_id"]: bytes(p["lq"]) for p in again} == {p["pair_id"]: bytes(p["lq"]) for p in pairs}
+
+    # the model retrained into the same folder (same path, new files): restore reruns, since the
+    # model's files are in its cache key, while the data stages stay cache hits
+    save_trainable(build_model(ModelConfig(preset="tiny")), tmp_path / "supir-tiny")
+    r4 = _run(args, tmp_path)
+    assert "restore: cached" not in r4.stderr and "degrade: cached" in r4.stderr
+    rerun = lake.read(layout.partition(layout.RESTORATIONS, runs[0].name)).to_pylist()
+    assert {r["pair_id"] for r in rerun} == {p["pair_id"] for p in pairs} and len(rerun) == len(restored)

@@ -89,3 +89,20 @@ def test_a_record_of_the_old_layout_is_removed_and_each_name_trains_once(tmp_pat
     dag.run_train(b, "encoder")
     dag.run_train(a, "encoder")
     assert trained == [("seed0", "encoder"), ("seed1", "encoder")]
+
+
+def test_stage_2_retrains_when_the_encoder_it_starts_from_changes(tmp_path, trained):
+    """Stage 2 starts from stage 1's finished E_dr (init_from: auto): that folder's files are in its
+    cache key, so an E_dr retrained under the same name (another encoder config) retrains stage 2
+    instead of leaving it cached on the old encoder."""
+    a = _ctx(tmp_path, "seed0", 0)
+    final = tmp_path / layout.TRAIN / "seed0-encoder" / "final"
+    final.mkdir(parents=True)
+    (final / "supir.json").write_text("{}")
+    (final / "encoder.safetensors").write_text("E_dr v1")
+    dag.run_train(a, "adaptor")
+    dag.run_train(a, "adaptor")
+    assert trained == [("seed0", "adaptor")]  # the second is a cache hit
+    (final / "encoder.safetensors").write_text("E_dr v2, retrained")
+    dag.run_train(a, "adaptor")
+    assert trained == [("seed0", "adaptor")] * 2
