@@ -81,8 +81,11 @@ def test_stage0_vae_and_the_decoder_ceiling_on_held_out_pairs(demo_budget_run):
     assert mean["vae_ceiling"] > mean["bicubic"] - 3.0  # the decoder is not the obstacle it was (8x: far below)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 7 (blocked): with the demo budget, stage 1 stays below bicubic on "
-                                       "held-out pairs (25.5 vs 27.5 dB measured); strict, so a pass is reported")
-def test_stage1_beats_bicubic_on_held_out_pairs(demo_budget_run):
+def test_stage1_beats_the_untrained_encoder_and_keeps_up_with_bicubic_on_held_out_pairs(demo_budget_run):
+    """Issue 15: trained E_dr beats the untrained encoder on held-out pairs (measured 26.29 -> 27.24 dB
+    with the 14 photos before the sunset; with the 6 of the old 8-photo demo it fell instead). Issue 7:
+    against bicubic it was 2 dB behind with those 6 photos; now 27.24 vs 27.15, so it is held within
+    0.5 dB (a regression guard, not a claim of a margin: 0.1 dB is inside the run-to-run noise)."""
     _, mean = demo_budget_run
-    assert mean["edr_trained"] > mean["bicubic"]
+    assert mean["edr_trained"] > mean["edr_init"] + 0.3
+    assert mean["edr_trained"] > mean["bicubic"] - 0.5
