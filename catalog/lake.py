@@ -188,6 +188,13 @@ def code_digest(*modules: Any, root: Path | None = None) -> str:
     return h.hexdigest()[:16]
 
 
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path on it) of a local path, a file:// URI or a URI such as s3://bucket/prefix."""
+    if "://" in path and not path.startswith("file://"):
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(path.removeprefix("file://"))
+
+
 @dataclass
 class StageSpec:
     """What a stage's output depends on; equal specs mean equal outputs."""
@@ -210,13 +217,8 @@ class Lake:
         if not root.strip():
             raise LakeError("lake: an empty path is not allowed (it would be the working directory); "
                             "give a folder such as 'lake' or a URI such as s3://bucket/prefix")
-        if "://" in root and not root.startswith("file://"):
-            self.fs, self.base = pafs.FileSystem.from_uri(root)
-            self.local = False
-        else:
-            self.fs = pafs.LocalFileSystem()
-            self.base = os.path.abspath(root.removeprefix("file://"))
-            self.local = True
+        self.fs, self.base = filesystem(root)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.root = root
         info = self.fs.get_file_info(self.base)
         if info.type == pafs.FileType.File:

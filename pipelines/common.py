@@ -199,11 +199,9 @@ def folder_digest(path: str) -> str:
 
     import pyarrow.fs as pafs
 
-    path = str(path)
-    if "://" in path and not path.startswith("file://"):
-        fs, base = pafs.FileSystem.from_uri(path)
-    else:
-        fs, base = pafs.LocalFileSystem(), os.path.abspath(path.removeprefix("file://"))
+    from catalog.lake import filesystem
+
+    fs, base = filesystem(str(path))
     info = fs.get_file_info(base)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"no model folder or file {path!r}")
@@ -215,6 +213,7 @@ def folder_digest(path: str) -> str:
         h.update(f"{rel}\0{f.size}\0{f.mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
+
 def model_identity(model: str, tracking_uri: Optional[str] = None) -> str:
     """Cache-key identity of a model a stage loads: a folder's files (:func:`folder_digest`); for
     ``models:/<name>@<alias>`` the version the alias points at now (moving the alias reruns the
@@ -224,6 +223,7 @@ def model_identity(model: str, tracking_uri: Optional[str] = None) -> str:
     if not is_model_uri(model):
         return folder_digest(model)
     return digest(model_version_source(model, tracking_uri) if model.startswith("models:/") else model)[:16]
+
 
 def run_stage(
     ctx: Context,

@@ -86,6 +86,8 @@ def cache_state(cfg: Any, lake_root: str, stage: str) -> str:
     """What the lake at ``lake_root`` holds for ``stage``, read from its manifests."""
     import pyarrow.fs as pafs
 
+    from catalog.lake import filesystem
+
     table = BY_NAME[stage].writes  # the table whose manifest records that the stage finished
     if stage.startswith("train_"):  # one record per run name
         from pipelines.dag import train_record
@@ -93,10 +95,7 @@ def cache_state(cfg: Any, lake_root: str, stage: str) -> str:
         table = train_record(stage.removeprefix("train_"), cfg.train.name)
     if table is None:
         return "run at start of the stages that need it (cached in <lake>/priors/ by data, config and code)"
-    if "://" in lake_root and not lake_root.startswith("file://"):
-        fs, base = pafs.FileSystem.from_uri(lake_root)
-    else:
-        fs, base = pafs.LocalFileSystem(), lake_root.removeprefix("file://")
+    fs, base = filesystem(lake_root)
 
     def read(name: str) -> dict | None:
         path = f"{base.rstrip('/')}/{table}/{name}"
