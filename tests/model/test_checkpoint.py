@@ -12,7 +12,6 @@ from model.prior import SINGLE_FILE_FORMAT, save_prior, save_prior_single_file, 
 from model.supir import build_model
 
 
-
 def _perturb(model, seed=3):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -6,14 +6,12 @@ by ``load_prior`` -> ``StableDiffusionXLPipeline.from_single_file(config=<local 
 """
 import re
 
-import pytest
 import torch
 from safetensors.torch import save_file
 
 from model.config import ModelConfig
 from model.prior import build_prior, load_prior
 from model.supir import build_model
-
 
 
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",

@@ -10,7 +10,6 @@ from model.connectors import connector_layout
 from model.supir import build_model, parameter_counts
 
 
-
 @pytest.fixture(scope="module")
 def model():
     return build_model(ModelConfig(preset="tiny"))

@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import SAMPLES
+from tests.support import ROOT, SAMPLES
 from tests.support.ray_procs import free_port, job_env, ray_head
-
-from tests.support import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
