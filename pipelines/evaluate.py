@@ -187,7 +187,7 @@ def run_evaluate(ctx: Context, cfg: Optional[EvalConfig] = None) -> dict[str, in
     code = f"{BY_NAME['evaluate'].code_digest()}:pyiqa-{pyiqa.__version__}:{weights_digest(cfg.weights_dir)}"
     split = pair_split(ctx)
     spec = StageSpec("evaluate", layout.METRICS, {t: lake.digest(t) for t in (layout.PAIRS,) + SOURCES},
-                     digest({"evaluate": cfg, "split": split}), code)
+                     evaluate_config_digest(cfg, split), code)
     state = lake.begin(spec)
     with ctx.tracker.stage("evaluate", params=to_dict(cfg), state=state) as run:
         if state == "cached":
@@ -227,6 +227,12 @@ def run_evaluate(ctx: Context, cfg: Optional[EvalConfig] = None) -> dict[str, in
                            "rows_per_s": processed / max(seconds, 1e-9)})
         log.info("evaluate: %d metric rows in %.1f s -> %s", processed, seconds, c)
         return c
+
+
+def evaluate_config_digest(cfg: EvalConfig, split: Optional[dict[str, str]]) -> str:
+    """The config part of the evaluate stage's cache key: its section and the split it labels rows
+    with (:func:`pair_split`)."""
+    return digest({"evaluate": cfg, "split": split})
 
 
 def pair_split(ctx: Context) -> Optional[dict[str, str]]:

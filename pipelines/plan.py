@@ -8,6 +8,7 @@ manifests only: no Ray, no MLflow, no model is loaded, nothing is written.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -69,17 +70,39 @@ def resources(cfg: Any, stage: str) -> str:
     raise KeyError(stage)
 
 
-def _config_digest(cfg: Any, stage: str) -> str | None:
-    """The config digest a stage writes into its spec, where it is the plain config section."""
+def _config_digest(cfg: Any, lake_root: str, stage: str) -> str | None:
+    """The config digest a stage writes into its spec, computed as the stage computes it (reading the
+    lake where the stage does: the split for evaluate, stage 0's prior folder for training); None
+    where the plan cannot tell without running something."""
+    from types import SimpleNamespace
+
     from catalog.config import digest
 
-    if stage in ("crawl", "filter", "degrade", "baselines", "evaluate"):
+    if stage in ("crawl", "filter", "degrade", "baselines"):
         return digest(getattr(cfg, stage))
-    if stage.startswith("train_"):
-        from pipelines.dag import train_config_digest
+    if stage not in ("evaluate", "train_encoder", "train_adaptor"):
+        return None  # caption, negatives and restore digest a section resolved at run time
+    import pyarrow.fs as pafs
 
-        return train_config_digest(cfg, stage.removeprefix("train_"))
-    return None  # caption, negatives and restore digest a section resolved at run time
+    from catalog import layout
+    from catalog.lake import MARK, Lake, filesystem
+
+    fs, base = filesystem(lake_root)
+    if fs.get_file_info(f"{base.rstrip('/')}/{MARK}").type != pafs.FileType.File:
+        return None  # not a lake yet: opening one would write its mark, and --plan writes nothing
+    ctx = SimpleNamespace(cfg=cfg, lake=Lake(lake_root))
+    if stage == "evaluate":
+        from pipelines.evaluate import evaluate_config_digest, pair_split
+
+        return evaluate_config_digest(cfg.evaluate, pair_split(ctx))
+    from pipelines.dag import train_config_digest
+    from pipelines.prior import TRAIN, prior_folder
+
+    if cfg.model.prior == TRAIN:  # training keys on the prior stage 0 trains, as run_prior resolves it
+        if not ctx.lake.exists(layout.FILTERED):
+            return None
+        ctx.cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, prior=str(prior_folder(ctx))))
+    return train_config_digest(ctx.cfg, stage.removeprefix("train_"))
 
 
 def cache_state(cfg: Any, lake_root: str, stage: str) -> str:
@@ -93,6 +116,9 @@ def cache_state(cfg: Any, lake_root: str, stage: str) -> str:
         from pipelines.dag import train_record
 
         table = train_record(stage.removeprefix("train_"), cfg.train.name)
+    if stage == "ablations":
+        return ("one restoration run per method and seed (counted under restore); each reruns when its model "
+                "files, inputs, config or code changed")
     if table is None:
         return "run at start of the stages that need it (cached in <lake>/priors/ by data, config and code)"
     fs, base = filesystem(lake_root)
@@ -115,7 +141,7 @@ def cache_state(cfg: Any, lake_root: str, stage: str) -> str:
         return "started, will resume from its finished parts" if read("_started.json") else "not run: runs"
     spec = manifest.get("spec", {})
     done = f"done ({manifest.get('rows', '?')} rows, {str(manifest.get('completed_at', ''))[:19]})"
-    want = _config_digest(cfg, stage)
+    want = _config_digest(cfg, lake_root, stage)
     if want is not None and spec.get("config") != want:
         return done + "; config changed since: reruns"
     # the stage table's code root, as the pipeline digests it (evaluate appends ":pyiqa-<version>:<weights>")

@@ -105,6 +105,13 @@ def priors_dir(ctx) -> Path:
     return Path(ctx.lake.base) / layout.PRIORS
 
 
+def prior_folder(ctx) -> Path:
+    """Where stage 0 of this run writes (or has written) its prior: the folder is named by
+    :func:`prior_key`, so it is found again without training (run_prior, --plan)."""
+    uses_captions = ctx.cfg.prior_train.captions == "captions"
+    return priors_dir(ctx) / f"{ctx.cfg.model.preset}-{prior_key(ctx, uses_captions)}"
+
+
 def _train_task(cfg: PriorTrainConfig, model_cfg: ModelConfig, images, captions, out_dir: str,
                 run: Optional[RunRef]) -> str:
     return str(train_prior(cfg, model_cfg, images, captions, out_dir, run))
@@ -119,7 +126,7 @@ def run_prior(ctx) -> Optional[str]:
         return model_cfg.prior
     cfg = ctx.cfg.prior_train
     uses_captions = cfg.captions == "captions"
-    folder = priors_dir(ctx) / f"{model_cfg.preset}-{prior_key(ctx, uses_captions)}"
+    folder = prior_folder(ctx)
     params = {"prior_train": to_dict(cfg), "model.preset": model_cfg.preset, "model.seed": model_cfg.seed,
               "folder": str(folder)}
     done = read_stage0(folder)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support import ROOT
 
@@ -96,6 +97,11 @@ def test_readme_commands_after_the_demo(demo):
     for cmd in AFTER_DEMO:
         r = shell(cmd, work, timeout=1800)
         assert r.returncode == 0, (cmd, r.stdout[-3000:], r.stderr[-3000:])
+        if "--plan" in cmd:  # right after the demo, the same config: every stage that records a finish is cached
+            states = [ln for ln in r.stdout.splitlines() if ln.startswith("    lake:")]
+            stale = [ln for ln in states if any(w in ln for w in ("changed since: reruns", "not run", "will resume"))]
+            assert len(states) == len(yaml.safe_load((ROOT / "configs/demo.yaml").read_text())["stages"]), r.stdout
+            assert not stale, r.stdout
     assert len(list((work / "restored").glob("*.png"))) == len(list((ROOT / "data/samples").glob("*.jpg")))
     pyfunc = next(b for b in README_PYTHON if "mlflow.pyfunc.load_model" in b)
     r = shell(f"python - <<'EOF'\n{pyfunc}EOF", work, timeout=1800)
