@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     from pipelines.config import load_config
     from stages.prior_train import read_stage0, train_prior
     from stages.train import LocalSession, load_parts, train_loop
-    from tests.support.train_helpers import make_pairs
+    from stages.degrade import degrade_files
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.set)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     enc = dataclasses.replace(enc, **overrides, checkpoint_every=args.eval_every, keep_checkpoints=10**6,
                               progress=True)
     # pairs made with the run's degrade section, so --set degrade.* takes effect
-    train_rows = make_pairs(train, variants=cfg.degrade.variants_per_image, degrade=cfg.degrade).to_pylist()
+    train_rows = degrade_files(train, cfg.degrade).to_pylist()
     model_cfg = ModelConfig(preset="tiny", prior=str(prior))
     t1 = time.perf_counter()
     train_loop(enc, model_cfg, LocalSession(train_rows, out / "stage1", keep=10**6),
@@ -106,8 +106,10 @@ def main(argv: list[str] | None = None) -> dict:
     result["stage1"] = {"steps": enc.steps, "lr": enc.lr, "batch_size": enc.batch_size, "crop_size": enc.crop_size,
                         "train_pairs": len(train_rows), "seconds": round(time.perf_counter() - t1, 1)}
 
-    sets = {"held_out": pair_tensors(make_pairs(held, variants=args.held_variants, degrade=cfg.degrade).to_pylist()),
-            "train": pair_tensors(make_pairs(train, variants=1, degrade=cfg.degrade).to_pylist())}
+    def pairs(photos: list[Path], variants: int) -> list[dict]:
+        return degrade_files(photos, dataclasses.replace(cfg.degrade, variants_per_image=variants)).to_pylist()
+
+    sets = {"held_out": pair_tensors(pairs(held, args.held_variants)), "train": pair_tensors(pairs(train, 1))}
     model = build_model(model_cfg)
     scores = {name: {"init": stage1_scores(model, pairs)} for name, pairs in sets.items()}
     for step in sorted({*range(args.eval_every, enc.steps + 1, args.eval_every), enc.steps}):

@@ -36,10 +36,13 @@ def cpu_throughput(stages, workers, steps: int, crop: int, batch_size: int) -> l
     from pipelines.config import RayConfig, RunConfig
     from pipelines.train import run_train
     from stages.train import TrainSection
-    from tests.support.train_helpers import make_lake, sample_photos
+    from catalog.lake import Lake
+    from stages.degrade import DegradeConfig, degrade_files
 
     root = Path(tempfile.mkdtemp(prefix="supir-bench-train-"))
-    lake = make_lake(root / "lake", sample_photos(), gt_size=max(crop, 64))
+    lake = Lake(str(root / "lake"))
+    photos = sorted((ROOT / "data" / "samples").glob("*.jpg"))
+    lake.write_part("pairs", degrade_files(photos, DegradeConfig(gt_size=max(crop, 64), scale=4, variants_per_image=1)))
     cpus = max(2, max(workers))  # Ray Data needs a whole CPU left free beside the workers
     ray.init(address="local", num_cpus=cpus, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}})

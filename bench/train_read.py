@@ -26,9 +26,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def build_lake(root: Path, variants: int, gt_size: int, part_rows: int):
     from catalog.lake import Lake
-    from tests.support.train_helpers import make_pairs, sample_photos
+    from stages.degrade import DegradeConfig, degrade_files
 
-    rows = make_pairs(sample_photos(), gt_size=gt_size, variants=variants).sort_by("pair_id")
+    photos = sorted((ROOT / "data" / "samples").glob("*.jpg"))
+    rows = degrade_files(photos, DegradeConfig(gt_size=gt_size, scale=4, variants_per_image=variants)).sort_by("pair_id")
     lake = Lake(str(root))
     for i in range(0, rows.num_rows, part_rows):
         lake.write_part("pairs/degraded", rows.slice(i, part_rows), name=f"part-{i // part_rows:05d}")

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
 from PIL import Image
 
 from catalog import codec
 from catalog.batches import numpy_batch
-from catalog.schemas import PAIR_COLUMNS, PAIR_DTYPES, PAIRS_PNG_LEVEL, pair_id_of
+from catalog.schemas import PAIR_COLUMNS, PAIR_DTYPES, PAIRS, PAIRS_PNG_LEVEL, pair_id_of
 from degradations import (DegradeConfig, degrade_batch, degrade_pairs, degrade_target, draw_params, ops,
                           summarize_params)
 
@@ -32,6 +34,7 @@ __all__ = [
     "Degrader",
     "decode_rgb",
     "degrade_batch",
+    "degrade_files",
     "degrade_pairs",
     "draw_params",
     "preview_grid",
@@ -101,6 +104,22 @@ class Degrader:
                 rows[idx].update(hq=ops.encode_png(target), lq=ops.encode_png(lq), params=json.dumps(p, sort_keys=True))
             except Exception as e:  # noqa: BLE001 - one bad sample must not sink the batch
                 rows[idx].update(status="error", error=f"{type(e).__name__}: {e}")
+
+
+def degrade_files(paths: Sequence[str | Path], cfg: DegradeConfig | None = None,
+                  captions: Sequence[Optional[str]] | None = None) -> pa.Table:
+    """`pairs` rows (kind degraded) of the image files at ``paths``, as the degrade stage makes them
+    (``cfg.variants_per_image`` per image; image_id from the file's bytes), for benchmarks and tests
+    that need pairs without a crawl. ``captions``: one per path (default none)."""
+    from catalog.schemas import image_id_of
+
+    data = [Path(p).read_bytes() for p in paths]
+    caps = list(captions) if captions is not None else [None] * len(data)
+    if len(caps) != len(data):
+        raise ValueError(f"captions: got {len(caps)} for {len(data)} paths")
+    out = Degrader(cfg)({"image_id": np.array([image_id_of(d) for d in data], dtype=object),
+                         "bytes": np.array(data, dtype=object), "caption": np.array(caps, dtype=object)})
+    return pa.table({c: pa.array(list(out[c]), PAIRS.field(c).type) for c in PAIR_COLUMNS}, schema=PAIRS)
 
 
 def regenerate(row: Mapping[str, Any], device: str | torch.device = "cpu") -> bytes:

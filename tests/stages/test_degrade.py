@@ -11,7 +11,8 @@ from catalog.schemas import PAIRS, image_id_of, pair_id_of
 from evaluation.grids import make_grid
 from degradations import jpeg as jpeg_codec
 from degradations import ops
-from stages.degrade import Degrader, DegradeConfig, degrade_batch, degrade_pairs, draw_params, preview_grid, regenerate
+from stages.degrade import (Degrader, DegradeConfig, degrade_batch, degrade_files, degrade_pairs, draw_params, preview_grid,
+                            regenerate)
 
 
 def _tables(q: int) -> dict:
@@ -100,6 +101,18 @@ def test_stage_rows_and_reproducibility(batch):
     # a pair is rebuilt from its row alone
     row = {k: out[k][3] for k in out}
     assert regenerate(row) == row["lq"]
+
+
+def test_degrade_files_is_the_stage_on_files(batch, photos):
+    cfg = DegradeConfig(gt_size=128, variants_per_image=2)
+    table = degrade_files(photos[:3], cfg, ["a photo", None, "third"])
+    assert table.schema == PAIRS and table.num_rows == 6
+    out = Degrader(cfg)(batch)
+    for col in ("pair_id", "image_id", "hq", "lq", "params", "caption", "scale"):
+        assert table.column(col).to_pylist() == list(out[col]), col
+    assert degrade_files(photos[:1], cfg).column("caption").to_pylist() == [None, None]
+    with pytest.raises(ValueError, match="captions: got 1 for 2 paths"):
+        degrade_files(photos[:2], cfg, ["one"])
 
 
 def test_regenerate_bsrgan_supir_mode(batch):

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
 import pyarrow as pa
 
 from tests.support import ROOT
@@ -12,22 +11,17 @@ from tests.support import ROOT
 
 def make_pairs(paths: Sequence[Path], gt_size: Optional[int] = None, scale: Optional[int] = None, variants: int = 1,
                captions: Optional[Sequence[str]] = None, degrade: Any = None) -> pa.Table:
-    """`pairs` rows (kind degraded) of the images at ``paths``, made by the degrade stage with
-    ``degrade`` (a run's DegradeConfig; default: 128 px, 4x), ``variants`` per image, and
-    ``gt_size`` / ``scale`` in place of its own where given."""
+    """`pairs` rows (kind degraded) of the images at ``paths`` (stages.degrade.degrade_files) with
+    ``degrade`` (a run's DegradeConfig; default: 128 px, 4x), ``variants`` per image, ``gt_size`` /
+    ``scale`` in place of its own where given, and a caption per photo from its file name."""
     from dataclasses import replace
 
-    from catalog.schemas import image_id_of
-    from stages.degrade import DegradeConfig, Degrader
+    from stages.degrade import DegradeConfig, degrade_files
 
     sizes = {k: v for k, v in (("gt_size", gt_size), ("scale", scale)) if v is not None}
     cfg = replace(degrade or DegradeConfig(gt_size=128, scale=4), variants_per_image=variants, **sizes)
-    data = [Path(p).read_bytes() for p in paths]
     caps = list(captions) if captions is not None else [f"a photo {Path(p).stem.split('_')[0].lower()}" for p in paths]
-    out = Degrader(cfg)(
-        {"image_id": np.array([image_id_of(d) for d in data], dtype=object),
-         "bytes": np.array(data, dtype=object), "caption": np.array(caps, dtype=object)})
-    return pa.table({k: list(v) for k, v in out.items()})
+    return degrade_files(paths, cfg, caps)
 
 
 def make_lake(root: Path, paths: Sequence[Path], **kwargs: Any):
