@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from catalog.config import from_dict, to_dict
+from catalog.config import to_dict
 from catalog.tracking import MetricLog
 from model.config import ModelConfig
 from model.images import to_pil
@@ -421,7 +421,3 @@ def sample_grid(model, cfg: TrainConfig, data: TrainExamples, device: torch.devi
         out = color_fix(model.decode(z).float(), x_stage1.float(), "wavelet")
         rows.append([to_pil(lq), to_pil(out), to_pil(hq)])
     return make_grid(rows, ["LQ", "restored", "HQ"], cell=max(64, min(256, c)))
-
-
-def config_from(data: dict[str, Any]) -> TrainConfig:
-    return from_dict(TrainConfig, data, prefix="train")
