@@ -12,7 +12,8 @@ of |channel mean - the HQ's|, 0-255 levels, mean over pairs) of:
 
 - ``lq``: the bicubic LQ (``color_fix_reference: lq``, the demo's);
 - ``vae_lq`` = D(E(x_LQ)), ``stage1`` = D(E_dr(x_LQ)) (SUPIR's reference) and ``vae_hq`` = D(E(x_HQ)),
-  with a trained model (``--model``: default the run's ``<lake>/train/<train.name>-adaptor/final``);
+  with a trained model (``--model``: default the run's ``<lake>/train/<train.name>-adaptor/final``),
+  and ``lq_stage1_shift``: the LQ moved by stage 1's change of the mean colour, stage1 - vae_lq;
 - ``estimator``: a small CNN (``--width``) trained here, in about a minute on 2 cores, to predict the
   HQ's ``--pool`` x ``--pool`` pooled colour from the LQ (block means, deviations, minima and maxima,
   with a global branch). It trains on fresh degradations (the config's ``degrade`` section) of
@@ -163,7 +164,10 @@ def main(argv: list[str] | None = None) -> dict:
         model = load_model(folder).eval()
         vae = lambda x, enc: (model.decode(enc(x * 2 - 1)).float() + 1) / 2  # noqa: E731 - [0, 1] in and out
         refs |= {"vae_lq": lambda hq, lq: vae(lq, model.encode), "stage1": lambda hq, lq: vae(lq, model.encode_lq),
-                 "vae_hq": lambda hq, lq: vae(hq, model.encode)}
+                 "vae_hq": lambda hq, lq: vae(hq, model.encode),
+                 # the LQ moved by what stage 1 changed in the mean colour (the VAE's own greying cancels)
+                 "lq_stage1_shift": lambda hq, lq: lq + (vae(lq, model.encode_lq) - vae(lq, model.encode)).mean(
+                     (-2, -1), keepdim=True)}
         result["model"] = folder
     if args.steps:
         ids, data, _ = read_training_images(lake, captions=False, allow=train_ids(split))
