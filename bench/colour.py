@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import os
 import sys
@@ -70,11 +69,11 @@ class ColourEstimator(nn.Module):
         return mean + self.head(torch.cat([h, g], 1))
 
 
-def to_unit(data: bytes) -> torch.Tensor:
-    from PIL import Image
+def unit_pairs(rows) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(HQ, LQ) (3, H, W) in [0, 1] of `pairs` rows (evaluation.stage1.pair_tensors, rescaled)."""
+    from evaluation.stage1 import pair_tensors
 
-    arr = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1)
+    return [((hq[0] + 1) / 2, (lq[0] + 1) / 2) for hq, lq in pair_tensors(rows)]
 
 
 def colour_error(x: torch.Tensor, hq: torch.Tensor) -> float:
@@ -88,7 +87,7 @@ def degraded(ids: list[str], data: list[bytes], degrade, variants: int, seed: in
 
     cfg = dataclasses.replace(degrade, variants_per_image=variants, seed=seed)
     out = Degrader(cfg)({"image_id": np.array(ids, dtype=object), "bytes": np.array(data, dtype=object)})
-    return [(to_unit(h), to_unit(lq)) for s, h, lq in zip(out["status"], out["hq"], out["lq"]) if s == "ok"]
+    return unit_pairs([{"hq": h, "lq": lq} for s, h, lq in zip(out["status"], out["hq"], out["lq"]) if s == "ok"])
 
 
 def train_estimator(pairs: list[tuple[torch.Tensor, torch.Tensor]], args) -> ColourEstimator:
@@ -143,16 +142,16 @@ def main(argv: list[str] | None = None) -> dict:
     lake = Lake(cfg.lake)
     split = data_split(SimpleNamespace(cfg=cfg, lake=lake))
     rows = lake.read(layout.DEGRADED, columns=["pair_id", "image_id", "status", "hq", "lq"]).to_pylist()
-    pairs = {s: [(to_unit(r["hq"]), to_unit(r["lq"])) for r in rows if r["status"] == "ok" and split.get(r["image_id"]) == s]
+    pairs = {s: unit_pairs([r for r in rows if r["status"] == "ok" and split.get(r["image_id"]) == s])
              for s in sorted(set(split.values()))}
     result: dict = {"lake": str(cfg.lake), "pairs": {s: len(p) for s, p in pairs.items()}, "levels": {}}
     if args.val:
         names = {Path(p).name for p in (ROOT / "data" / "samples").glob("*")}
         files = [p for f in args.val for p in sorted(Path(f).glob("*.jpg")) if p.name not in names]
-        data = [p.read_bytes() for p in files]
-        from catalog.schemas import image_id_of
+        from stages.degrade import degrade_files
 
-        pairs["val"] = degraded([image_id_of(d) for d in data], data, cfg.degrade, args.val_variants, seed=7)
+        val = degrade_files(files, dataclasses.replace(cfg.degrade, variants_per_image=args.val_variants, seed=7))
+        pairs["val"] = unit_pairs([r for r in val.to_pylist() if r["status"] == "ok"])
         result["pairs"]["val"] = len(pairs["val"])
         result["val_photos"] = len(files)
 

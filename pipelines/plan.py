@@ -96,12 +96,12 @@ def _config_digest(cfg: Any, lake_root: str, stage: str) -> str | None:
 
         return evaluate_config_digest(cfg.evaluate, pair_split(ctx))
     from pipelines.dag import train_config_digest
-    from pipelines.prior import TRAIN, prior_folder
+    from pipelines.prior import TRAIN, prior_folder, resolve_model_config
 
     if cfg.model.prior == TRAIN:  # training keys on the prior stage 0 trains, as run_prior resolves it
         if not ctx.lake.exists(layout.FILTERED):
             return None
-        ctx.cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, prior=str(prior_folder(ctx))))
+        ctx.cfg = dataclasses.replace(cfg, model=resolve_model_config(ctx, str(prior_folder(ctx))))
     return train_config_digest(ctx.cfg, stage.removeprefix("train_"))
 
 

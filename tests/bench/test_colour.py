@@ -28,7 +28,8 @@ def test_colour_error_is_the_evaluate_stages_rgb_mean_diff():
     a = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
     b = np.clip(a.astype(int) + [9, -3, 0] + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
     want = ChannelMeanDiff()([png(b)], [png(a)])[0]
-    got = colour.colour_error(colour.to_unit(png(b)), colour.to_unit(png(a)))
+    (hq, lq), = colour.unit_pairs([{"hq": png(a), "lq": png(b)}])
+    got = colour.colour_error(lq, hq)
     assert abs(got - want) < 1e-3 and want > 5
 
 
